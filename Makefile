@@ -1,0 +1,51 @@
+# One entry point: CI runs the same targets a developer runs.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEB_PACKAGES := systemd dbus-user-session mosquitto prometheus prometheus-alertmanager
+STATE_DIR ?= $(CURDIR)/run/state
+METRICS_PORT ?= 9477
+
+.PHONY: setup deb run test check bench sim clean
+
+setup: $(STAMP) deb
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Debian packages the tests need; installed only when running as root and missing.
+deb:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "not root: skipping Debian packages ($$missing); tests needing them will skip"; fi; \
+	fi
+
+run: setup
+	$(BIN)/python -m agent.demo --state-dir $(STATE_DIR) --metrics-port $(METRICS_PORT)
+
+test: setup
+	$(BIN)/pytest -q -x --durations=10
+
+check: $(STAMP)
+	$(BIN)/ruff check agent tests bench
+	$(BIN)/ruff format --check agent tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: setup
+	$(BIN)/python -m bench
+
+sim: setup
+	SETPOINT_SIM_STEPS=200000 $(BIN)/pytest -q tests/test_simulation.py
+
+clean:
+	rm -rf $(VENV) run .mypy_cache .ruff_cache .pytest_cache
