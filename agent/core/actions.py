@@ -1,0 +1,94 @@
+"""Actions `step` returns. Tracked ones live in the state until their result comes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from agent.core.spec import Effect, Severity
+
+JobOp = Literal["start", "stop", "restart"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class UnitJob:
+    """Start, stop or restart a systemd unit (lane `systemd`)."""
+
+    id: int
+    unit: str
+    op: JobOp
+    service: str
+
+    @property
+    def lane(self) -> str:
+        return "systemd"
+
+
+@dataclass(frozen=True)
+class RunEffect:
+    """Run a goal-defined effect for a domain transition or a route change (lane = effect kind)."""
+
+    id: int
+    effect: Effect
+    owner: str
+    reason: str
+    target: str = ""
+
+    @property
+    def lane(self) -> str:
+        return self.effect.kind
+
+
+@dataclass(frozen=True)
+class Alert:
+    """An alert's content; `fingerprint` identifies it across firing and resolved."""
+
+    fingerprint: str
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    summary: str
+    severity: Severity
+    firing: bool
+    starts_at: float
+    ends_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class SendAlert:
+    """Deliver an alert (firing or resolved) to one sink (lane `alert:<sink>`)."""
+
+    id: int
+    sink: str
+    alert: Alert
+
+    @property
+    def lane(self) -> str:
+        return f"alert:{self.sink}"
+
+
+TrackedAction = UnitJob | RunEffect | SendAlert
+
+
+@dataclass(frozen=True)
+class Log:
+    """A log line (untracked)."""
+
+    level: LogLevel
+    message: str
+    subject: str = ""
+
+
+@dataclass(frozen=True)
+class Resync:
+    """Ask the observers for a full resync (untracked)."""
+
+
+UntrackedAction = Log | Resync
+Action = TrackedAction | UntrackedAction
+TRACKED = (UnitJob, RunEffect, SendAlert)
+
+
+def is_tracked(action: Action) -> bool:
+    """True for actions whose result must come back as an input."""
+    return isinstance(action, TRACKED)

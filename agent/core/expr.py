@@ -1,0 +1,85 @@
+"""CEL for goal predicates, guards and bindings: compiled once per text, evaluated purely.
+
+The goal layer calls `compile_expr` at load time to type-check; the core calls `evaluate`.
+Facts visible to every expression: `services` and `probes` (maps of name to attributes),
+plus the domain's own variables.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from cel_expr_python import cel
+
+from agent.core.spec import Scalar, VarType
+
+Decls = tuple[tuple[str, VarType], ...]
+
+_SCALAR = {
+    "string": cel.Type.STRING,
+    "bool": cel.Type.BOOL,
+    "int": cel.Type.INT,
+    "double": cel.Type.DOUBLE,
+}
+_FACTS = cel.Type.Map(cel.Type.STRING, cel.Type.Map(cel.Type.STRING, cel.Type.DYN))
+_LOCATION = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
+_REFERENCE = re.compile(r"""\b(services|probes)(?:\.([A-Za-z_][\w]*)|\[\s*["']([^"']+)["']\s*\])""")
+
+
+class ExprError(Exception):
+    """A CEL expression failed to compile, type-check or evaluate; line/col are 1-based."""
+
+    def __init__(self, message: str, line: int = 1, col: int = 1) -> None:
+        super().__init__(message)
+        self.message, self.line, self.col = message, line, col
+
+
+@lru_cache(maxsize=256)
+def _env(decls: Decls) -> Any:
+    variables = {"services": _FACTS, "probes": _FACTS}
+    variables.update({name: _SCALAR[kind] for name, kind in decls})
+    return cel.NewEnv(variables=variables)
+
+
+def _located(err: Exception) -> ExprError:
+    text = str(err)
+    found = _LOCATION.search(text)
+    if found is None:
+        return ExprError(text.removeprefix("INVALID_ARGUMENT: ").strip())
+    return ExprError(found.group(3).strip(), int(found.group(1)), int(found.group(2)))
+
+
+@lru_cache(maxsize=8192)
+def compile_expr(text: str, decls: Decls, want: VarType | None = "bool") -> Any:
+    """Compile and type-check `text`; raise ExprError with the position inside the text."""
+    try:
+        program = _env(decls).compile(text)
+    except RuntimeError as err:
+        raise _located(err) from None
+    got = program.return_type()
+    if want is not None and got != cel.Type.DYN and got != _SCALAR[want]:
+        raise ExprError(f"expression has type {got.name().lower()}, expected {want}")
+    return program
+
+
+def evaluate(text: str, decls: Decls, data: Mapping[str, object], want: VarType = "bool") -> Scalar:
+    """Evaluate a compiled expression; an evaluation error or a wrong type raises ExprError."""
+    result = compile_expr(text, decls, want).eval(data=data)
+    value = result.value()
+    if result.type() == cel.Type.ERROR:
+        raise ExprError(str(value))
+    if not isinstance(value, _PY[want]) or (want != "bool" and isinstance(value, bool)):
+        raise ExprError(f"expression gave {type(value).__name__}, expected {want}")
+    return value  # type: ignore[no-any-return]
+
+
+_PY: dict[str, type | tuple[type, ...]] = {"string": str, "bool": bool, "int": int, "double": (float, int)}
+
+
+@lru_cache(maxsize=8192)
+def references(text: str) -> tuple[tuple[str, str], ...]:
+    """The (`services`|`probes`, name) pairs an expression names literally."""
+    return tuple((m.group(1), m.group(2) or m.group(3)) for m in _REFERENCE.finditer(text))

@@ -1,0 +1,78 @@
+"""Inputs to `step`. Every input carries the time it happened; the core reads no clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from agent.core.spec import GoalSet
+
+Command = Literal["maintenance_on", "maintenance_off", "resync", "reset"]
+
+
+@dataclass(frozen=True)
+class GoalsLoaded:
+    """A validated goal set replaces the current one (start-up or reload)."""
+
+    goals: GoalSet
+    at: float
+
+
+@dataclass(frozen=True)
+class UnitObserved:
+    """systemd reported a unit's state (signal or resync)."""
+
+    unit: str
+    active: str
+    sub: str
+    at: float
+    load: str = "loaded"
+    result: str = "success"
+    main_pid: int = 0
+    n_restarts: int = 0
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One health check finished; `latency` in seconds."""
+
+    probe: str
+    ok: bool
+    latency: float
+    at: float
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; timers (backoff, alert thresholds, stability) are evaluated against `now`."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class ActionCompleted:
+    """A tracked action finished; `ok` False after the lane's retries ran out or on a permanent error."""
+
+    action_id: int
+    ok: bool
+    at: float
+    detail: str = ""
+    permanent: bool = False
+
+
+@dataclass(frozen=True)
+class OperatorCommand:
+    """An operator's request; `target` is a service name, or empty for the whole agent."""
+
+    command: Command
+    at: float
+    target: str = ""
+
+
+Input = GoalsLoaded | UnitObserved | ProbeResult | Tick | ActionCompleted | OperatorCommand
+
+
+def input_time(inp: Input) -> float:
+    """When an input happened."""
+    return inp.now if isinstance(inp, Tick) else inp.at

@@ -1,0 +1,97 @@
+"""The agent's state: frozen dataclasses over persistent maps, so a step copies only what it changes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from immutables import Map
+
+from agent.core.actions import TrackedAction
+from agent.core.spec import GoalSet, Scalar
+
+Lifecycle = Literal["Stopped", "Starting", "Running", "Stopping", "Error", "Restarting"]
+Health = Literal["healthy", "unhealthy", "unknown"]
+
+
+@dataclass(frozen=True)
+class ProbeState:
+    """Consecutive results of one probe and the health they add up to."""
+
+    healthy: bool | None = None
+    ok_streak: int = 0
+    fail_streak: int = 0
+    latency: float = 0.0
+    over_budget: bool = False
+    last_at: float = 0.0
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """What is known of one service: systemd's view, its lifecycle and restart bookkeeping."""
+
+    lifecycle: Lifecycle = "Stopped"
+    since: float = 0.0
+    active: str = "unknown"
+    sub: str = ""
+    load: str = ""
+    active_since: float = 0.0
+    health: Health = "unknown"
+    transitions: int = 0
+    irregular: int = 0
+    recent: tuple[float, ...] = ()
+    errors: int = 0
+    job: int | None = None
+    restarts: tuple[float, ...] = ()
+    restarts_total: int = 0
+    next_attempt: float = 0.0
+    gave_up: bool = False
+    reason: str = ""
+    maintenance: bool = False
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A domain transition whose effects are running; `done` holds the ids that succeeded."""
+
+    actions: tuple[int, ...]
+    done: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class DomainState:
+    """A domain's variables, whether its goal holds, and its transitions in flight."""
+
+    values: Map[str, Scalar] = field(default_factory=Map)
+    satisfied: bool = True
+    since: float = 0.0
+    in_flight: Map[str, InFlight] = field(default_factory=Map)
+    retry_at: Map[str, float] = field(default_factory=Map)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Index:
+    """Lookups derived from the goals once per load, so a step touches only what an input affects."""
+
+    unit_to_service: Map[str, str] = field(default_factory=Map)
+    probe_to_services: Map[str, tuple[str, ...]] = field(default_factory=Map)
+    service_to_domains: Map[str, tuple[str, ...]] = field(default_factory=Map)
+    probe_to_domains: Map[str, tuple[str, ...]] = field(default_factory=Map)
+    dependants: Map[str, tuple[str, ...]] = field(default_factory=Map)
+
+
+@dataclass(frozen=True)
+class State:
+    """Everything `step` needs and nothing it does not."""
+
+    goals: GoalSet = field(default_factory=GoalSet)
+    index: Index = field(default_factory=Index)
+    services: Map[str, ServiceState] = field(default_factory=Map)
+    probes: Map[str, ProbeState] = field(default_factory=Map)
+    domains: Map[str, DomainState] = field(default_factory=Map)
+    pending: Map[int, TrackedAction] = field(default_factory=Map)
+    next_id: int = 1
+    completed: int = 0
+    maintenance: bool = False
