@@ -71,12 +71,17 @@ def evaluate(text: str, decls: Decls, data: Mapping[str, object], want: VarType 
     value = result.value()
     if result.type() == cel.Type.ERROR:
         raise ExprError(str(value))
-    if not isinstance(value, _PY[want]) or (want != "bool" and isinstance(value, bool)):
+    if not isinstance(value, str | bool | int | float) or not _fits(value, want):
         raise ExprError(f"expression gave {type(value).__name__}, expected {want}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
-_PY: dict[str, type | tuple[type, ...]] = {"string": str, "bool": bool, "int": int, "double": (float, int)}
+def _fits(value: Scalar, want: VarType) -> bool:
+    if want == "bool" or isinstance(value, bool):
+        return want == "bool" and isinstance(value, bool)
+    if want == "string":
+        return isinstance(value, str)
+    return isinstance(value, int) if want == "int" else isinstance(value, int | float)
 
 
 @lru_cache(maxsize=8192)

@@ -52,7 +52,7 @@ class Tick:
 
 @dataclass(frozen=True)
 class ActionCompleted:
-    """A tracked action finished; `ok` False after the lane's retries ran out or on a permanent error."""
+    """A tracked action finished; `ok` is False once its lane gave up or on a permanent error."""
 
     action_id: int
     ok: bool

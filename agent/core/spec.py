@@ -19,7 +19,7 @@ Severity = Literal["critical", "warning", "info"]
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    """Exponential backoff; give up after `limit` restarts within `window`; forget after `stable_for`."""
+    """Exponential backoff; give up after `limit` restarts in `window`; reset after `stable_for`."""
 
     backoff_initial: float = 1.0
     backoff_max: float = 60.0

@@ -1,4 +1,4 @@
-"""The agent's state: frozen dataclasses over persistent maps, so a step copies only what it changes."""
+"""The agent's state: frozen dataclasses over persistent maps; steps copy only what changes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 from immutables import Map
 
 from agent.core.actions import TrackedAction
-from agent.core.spec import GoalSet, Scalar
+from agent.core.spec import DomainSpec, GoalSet, ProbeSpec, Scalar, ServiceSpec, VarType
 
 Lifecycle = Literal["Stopped", "Starting", "Running", "Stopping", "Error", "Restarting"]
 Health = Literal["healthy", "unhealthy", "unknown"]
@@ -21,9 +21,7 @@ class ProbeState:
     healthy: bool | None = None
     ok_streak: int = 0
     fail_streak: int = 0
-    latency: float = 0.0
     over_budget: bool = False
-    last_at: float = 0.0
     detail: str = ""
 
 
@@ -73,8 +71,12 @@ class DomainState:
 
 @dataclass(frozen=True)
 class Index:
-    """Lookups derived from the goals once per load, so a step touches only what an input affects."""
+    """Lookups derived from the goals once per load: a step touches only what an input affects."""
 
+    services: Map[str, ServiceSpec] = field(default_factory=Map)
+    probes: Map[str, ProbeSpec] = field(default_factory=Map)
+    domains: Map[str, DomainSpec] = field(default_factory=Map)
+    decls: Map[str, tuple[tuple[str, VarType], ...]] = field(default_factory=Map)
     unit_to_service: Map[str, str] = field(default_factory=Map)
     probe_to_services: Map[str, tuple[str, ...]] = field(default_factory=Map)
     service_to_domains: Map[str, tuple[str, ...]] = field(default_factory=Map)

@@ -1,0 +1,193 @@
+"""Seed 001's domains: rest while the goal holds; when it breaks, fire every enabled transition.
+
+A transition's effects run as independent tracked actions; its assignments apply only once all
+of them succeeded, so a domain never sits half-way. A failed effect makes its transition wait
+`retry_after` before it may fire again; other transitions are unaffected. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from immutables import Map
+
+from agent.core.actions import RunEffect
+from agent.core.draft import Draft
+from agent.core.expr import ExprError, evaluate, references
+from agent.core.spec import DomainSpec, Effect, Scalar, Transition
+from agent.core.state import DomainState, InFlight
+
+MAX_ROUNDS = 16
+
+
+def facts(draft: Draft, spec: DomainSpec) -> dict[str, object] | None:
+    """The services and probes a domain's expressions name, as CEL maps; None until observed."""
+    services: dict[str, dict[str, object]] = {}
+    probes: dict[str, dict[str, object]] = {}
+    texts = [spec.goal, *(t.guard for t in spec.transitions), *(v.bind for v in spec.variables)]
+    for text in texts:
+        for kind, name in references(text):
+            if kind == "services" and name in draft.services:
+                svc = draft.services[name]
+                if svc.active == "unknown":
+                    return None
+                services[name] = {
+                    "state": svc.lifecycle,
+                    "healthy": svc.health == "healthy" and svc.lifecycle == "Running",
+                    "health": svc.health,
+                    "active": svc.active,
+                    "sub": svc.sub,
+                    "restarts": svc.restarts_total,
+                }
+            elif kind == "probes" and name in draft.probes:
+                probe = draft.probes[name]
+                probes[name] = {"healthy": probe.healthy is True, "over_budget": probe.over_budget}
+    return {"services": services, "probes": probes}
+
+
+def initial(spec: DomainSpec, old: DomainState | None) -> DomainState:
+    """Fresh variables at their defaults, keeping old values whose type still matches."""
+    values: dict[str, Scalar] = {}
+    for var in spec.variables:
+        prev = old.values.get(var.name) if old else None
+        keep = prev is not None and type(prev) is type(var.default)
+        values[var.name] = prev if keep and prev is not None else var.default
+    base = old or DomainState()
+    return replace(base, values=Map(values), in_flight=Map(), retry_at=Map())
+
+
+def evaluate_domain(draft: Draft, name: str, now: float) -> None:
+    """Bring a domain's bindings and goal up to date; fire transitions while it is broken."""
+    spec = draft.domain_spec(name)
+    for _ in range(MAX_ROUNDS):
+        if not _round(draft, name, spec, now):
+            return
+    draft.log("warning", f"domain did not settle within {MAX_ROUNDS} rounds", name)
+
+
+def _round(draft: Draft, name: str, spec: DomainSpec, now: float) -> bool:
+    """One evaluation; True when an immediate assignment asks for another round."""
+    dom = draft.domains[name]
+    decls = draft.index.decls[name]
+    known = facts(draft, spec)
+    if known is None:
+        return False
+    env = dict(known)
+    values = dict(dom.values)
+    errors: list[str] = []
+    for var in spec.variables:
+        if var.bind:
+            env.update(values)
+            values[var.name] = _eval(var.bind, decls, env, var.type, values[var.name], errors)
+    env.update(values)
+    satisfied = bool(_eval(spec.goal, decls, env, "bool", False, errors))
+    fired: dict[str, Scalar] = {}
+    in_flight = dom.in_flight
+    if not satisfied and not draft.maintenance:
+        for tr in spec.transitions:
+            if tr.name in in_flight or dom.retry_at.get(tr.name, 0.0) > now:
+                continue
+            if _eval(tr.guard, decls, env, "bool", False, errors):
+                in_flight = _fire(draft, name, tr, in_flight, fired)
+    values.update(fired)
+    _store(draft, name, dom, values, satisfied, in_flight, "; ".join(errors), now)
+    return bool(fired)
+
+
+def _eval(
+    text: str,
+    decls: tuple[tuple[str, str], ...],
+    env: dict[str, object],
+    want: str,
+    fallback: Scalar,
+    errors: list[str],
+) -> Scalar:
+    try:
+        return evaluate(text, decls, env, want)  # type: ignore[arg-type]
+    except ExprError as err:
+        errors.append(f"{text.strip()[:60]!r}: {err.message}")
+        return fallback
+
+
+def _fire(
+    draft: Draft, name: str, tr: Transition, in_flight: Map[str, InFlight], fired: dict[str, Scalar]
+) -> Map[str, InFlight]:
+    if not tr.effects:
+        fired.update(tr.assign)
+        draft.log("info", f"transition {tr.name} applied", name)
+        return in_flight
+    owner = f"domain:{name}"
+    ids = tuple(draft.track(_effect_maker(effect, owner, tr.name)) for effect in tr.effects)
+    draft.log("info", f"transition {tr.name} fired: actions {list(ids)}", name)
+    return in_flight.set(tr.name, InFlight(ids))
+
+
+def _effect_maker(effect: Effect, owner: str, reason: str) -> Callable[[int], RunEffect]:
+    return lambda action_id: RunEffect(action_id, effect, owner, reason)
+
+
+def _store(
+    draft: Draft,
+    name: str,
+    dom: DomainState,
+    values: dict[str, Scalar],
+    satisfied: bool,
+    in_flight: Map[str, InFlight],
+    error: str,
+    now: float,
+) -> None:
+    new_values = dom.values if dict(dom.values) == values else Map(values)
+    if error and error != dom.error:
+        draft.log("error", f"expression error: {error}", name)
+    if satisfied != dom.satisfied:
+        draft.log("info", "goal holds" if satisfied else "goal broken", name)
+    since = now if satisfied != dom.satisfied else dom.since
+    new = replace(
+        dom, values=new_values, satisfied=satisfied, since=since, in_flight=in_flight, error=error
+    )
+    if new != dom:
+        draft.set_domain(name, new)
+
+
+def effect_done(
+    draft: Draft, name: str, transition: str, action_id: int, ok: bool, at: float
+) -> None:
+    """An effect of a transition finished; all done applies the assignments, a failure backs off."""
+    dom = draft.domains.get(name)
+    spec = draft.index.domains.get(name)
+    if dom is None or spec is None or transition not in dom.in_flight:
+        return
+    flight = dom.in_flight[transition]
+    if action_id not in flight.actions:
+        return
+    tr = next(t for t in spec.transitions if t.name == transition)
+    if not ok:
+        draft.log(
+            "warning", f"transition {transition} failed; retry after {tr.retry_after:g}s", name
+        )
+        dom = replace(
+            dom,
+            in_flight=dom.in_flight.delete(transition),
+            retry_at=dom.retry_at.set(transition, at + tr.retry_after),
+        )
+    elif len(flight.done) + 1 < len(flight.actions):
+        dom = replace(
+            dom,
+            in_flight=dom.in_flight.set(
+                transition, InFlight(flight.actions, (*flight.done, action_id))
+            ),
+        )
+    else:
+        values = dom.values.update(dict(tr.assign))
+        draft.log("info", f"transition {transition} completed", name)
+        dom = replace(
+            dom,
+            values=values,
+            in_flight=dom.in_flight.delete(transition),
+            retry_at=dom.retry_at.delete(transition)
+            if transition in dom.retry_at
+            else dom.retry_at,
+        )
+    draft.set_domain(name, dom)
+    evaluate_domain(draft, name, at)

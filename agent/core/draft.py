@@ -1,0 +1,83 @@
+"""A step's scratchpad: persistent maps reassigned in place, folded back into a new State."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from agent.core.actions import Action, Log, LogLevel, TrackedAction
+from agent.core.spec import DomainSpec, ProbeSpec, ServiceSpec
+from agent.core.state import DomainState, ProbeState, ServiceState, State
+
+
+class Draft:
+    """Mutable only for the duration of one `step`; the input State is never modified."""
+
+    def __init__(self, state: State) -> None:
+        self.base = state
+        self.index = state.index
+        self.services = state.services
+        self.probes = state.probes
+        self.domains = state.domains
+        self.pending = state.pending
+        self.next_id = state.next_id
+        self.completed = state.completed
+        self.maintenance = state.maintenance
+        self.actions: list[Action] = []
+        self.goals = state.goals
+
+    def service_spec(self, name: str) -> ServiceSpec:
+        return self.index.services[name]
+
+    def probe_spec(self, name: str) -> ProbeSpec | None:
+        return self.index.probes.get(name)
+
+    def domain_spec(self, name: str) -> DomainSpec:
+        return self.index.domains[name]
+
+    def track(self, make: Callable[[int], TrackedAction]) -> int:
+        """Store a tracked action under the next id, then emit it."""
+        action_id = self.next_id
+        action = make(action_id)
+        self.next_id += 1
+        self.pending = self.pending.set(action_id, action)
+        self.actions.append(action)
+        return action_id
+
+    def log(self, level: LogLevel, message: str, subject: str = "") -> None:
+        self.actions.append(Log(level, message, subject))
+
+    def set_service(self, name: str, svc: ServiceState) -> None:
+        self.services = self.services.set(name, svc)
+
+    def set_probe(self, name: str, probe: ProbeState) -> None:
+        self.probes = self.probes.set(name, probe)
+
+    def set_domain(self, name: str, dom: DomainState) -> None:
+        self.domains = self.domains.set(name, dom)
+
+    def finish(self) -> State:
+        """The new State, or the very same object when nothing changed."""
+        base = self.base
+        if (
+            self.services is base.services
+            and self.probes is base.probes
+            and self.domains is base.domains
+            and self.pending is base.pending
+            and self.next_id == base.next_id
+            and self.maintenance == base.maintenance
+            and self.goals is base.goals
+        ):
+            return base
+        return replace(
+            base,
+            goals=self.goals,
+            index=self.index,
+            services=self.services,
+            probes=self.probes,
+            domains=self.domains,
+            pending=self.pending,
+            next_id=self.next_id,
+            completed=self.completed,
+            maintenance=self.maintenance,
+        )

@@ -1,0 +1,57 @@
+"""Seed 000's service lifecycle, derived from systemd's view plus health. Pure."""
+
+from __future__ import annotations
+
+from agent.core.state import Health, Lifecycle
+
+ALLOWED: frozenset[tuple[Lifecycle, Lifecycle]] = frozenset(
+    {
+        ("Stopped", "Starting"),
+        ("Starting", "Running"),
+        ("Starting", "Error"),
+        ("Running", "Stopping"),
+        ("Running", "Error"),
+        ("Stopping", "Stopped"),
+        ("Stopping", "Error"),
+        ("Error", "Stopped"),
+        ("Error", "Starting"),
+        ("Running", "Restarting"),
+        ("Restarting", "Starting"),
+    }
+)
+
+UP = frozenset({"active", "reloading", "refreshing"})
+"""ActiveStates in which the unit's processes run."""
+
+
+def derive(
+    active: str, sub: str, load: str, health: Health, restarting: bool
+) -> tuple[Lifecycle, str]:
+    """The lifecycle state and, for Error, the reason. Pure."""
+    if load in ("not-found", "masked", "bad-setting", "error"):
+        return "Error", f"unit is {load}"
+    if active in UP:
+        if health == "unhealthy":
+            return "Error", "unhealthy"
+        return ("Starting", "") if health == "unknown" else ("Running", "")
+    if active == "activating":
+        return ("Restarting", "") if restarting or sub == "auto-restart" else ("Starting", "")
+    if active == "deactivating":
+        return ("Restarting", "") if restarting else ("Stopping", "")
+    if active in ("inactive", "maintenance"):
+        return ("Restarting", "") if restarting else ("Stopped", "")
+    if active == "failed":
+        return "Error", f"unit failed ({sub or 'failed'})"
+    return "Error", f"unknown ActiveState {active!r}"
+
+
+def allowed(old: Lifecycle, new: Lifecycle) -> bool:
+    """True when seed 000's diagram has the edge old -> new."""
+    return (old, new) in ALLOWED
+
+
+def backoff(attempts: int, initial: float, factor: float, cap: float) -> float:
+    """Delay before the next attempt after `attempts` attempts in the window. Pure."""
+    if attempts <= 0:
+        return 0.0
+    return float(min(cap, initial * factor ** (attempts - 1)))

@@ -1,0 +1,46 @@
+"""Probe results: streaks that add up to health, with a start period. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from agent.core.draft import Draft
+from agent.core.inputs import ProbeResult
+from agent.core.spec import ProbeSpec
+from agent.core.state import ProbeState
+
+
+def _in_grace(draft: Draft, owners: tuple[str, ...], spec: ProbeSpec, at: float) -> bool:
+    """Failures within the start period of a service that just came up do not count."""
+    return any(
+        draft.services[s].active_since + spec.start_period > at
+        for s in owners
+        if s in draft.services and draft.services[s].active_since
+    )
+
+
+def apply(draft: Draft, result: ProbeResult, spec: ProbeSpec, owners: tuple[str, ...]) -> bool:
+    """Fold one result into the probe's state; True when its health verdict changed."""
+    old = draft.probes.get(result.probe, ProbeState())
+    if not result.ok and _in_grace(draft, owners, spec, result.at):
+        return False
+    if result.ok:
+        ok_streak = min(old.ok_streak + 1, spec.successes)
+        fail_streak = 0
+        healthy = True if ok_streak >= spec.successes else old.healthy
+    else:
+        ok_streak = 0
+        fail_streak = min(old.fail_streak + 1, spec.failures)
+        healthy = False if fail_streak >= spec.failures else old.healthy
+    budget = spec.latency_budget
+    new = replace(
+        old,
+        healthy=healthy,
+        ok_streak=ok_streak,
+        fail_streak=fail_streak,
+        over_budget=result.ok and budget is not None and result.latency > budget,
+        detail="" if result.ok else result.detail[:200],
+    )
+    if new != old:
+        draft.set_probe(result.probe, new)
+    return new.healthy != old.healthy

@@ -1,0 +1,189 @@
+"""Services: lifecycle bookkeeping and the restart policy. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from agent.core.actions import UnitJob
+from agent.core.draft import Draft
+from agent.core.lifecycle import UP, allowed, backoff, derive
+from agent.core.spec import ServiceSpec
+from agent.core.state import Health, Lifecycle, ProbeState, ServiceState
+
+DOWN = frozenset({"inactive", "failed"})
+
+
+def health_of(draft: Draft, spec: ServiceSpec) -> Health:
+    """All probes healthy: healthy; any unhealthy: unhealthy; otherwise unknown. Pure."""
+    if not spec.probes:
+        return "healthy"
+    verdicts = [draft.probes[p].healthy if p in draft.probes else None for p in spec.probes]
+    if False in verdicts:
+        return "unhealthy"
+    return "healthy" if all(verdicts) else "unknown"
+
+
+def _restarting(draft: Draft, svc: ServiceState) -> bool:
+    job = draft.pending.get(svc.job) if svc.job is not None else None
+    return isinstance(job, UnitJob) and job.op == "restart"
+
+
+def refresh(draft: Draft, name: str, svc: ServiceState, at: float) -> ServiceState:
+    """Re-derive the lifecycle from what is known and count the transition, if any."""
+    spec = draft.service_spec(name)
+    lifecycle, reason = derive(svc.active, svc.sub, svc.load, svc.health, _restarting(draft, svc))
+    if svc.gave_up and lifecycle == "Stopped" and spec.desired == "running":
+        lifecycle, reason = "Error", svc.reason
+    if lifecycle == "Error" and reason == "unhealthy":
+        reason = "unhealthy: " + _probe_detail(draft, spec)
+    if lifecycle == svc.lifecycle:
+        return svc if reason == svc.reason or lifecycle != "Error" else replace(svc, reason=reason)
+    return _enter(draft, name, spec, svc, lifecycle, reason, at)
+
+
+def _probe_detail(draft: Draft, spec: ServiceSpec) -> str:
+    failing = [
+        f"{p}: {draft.probes[p].detail}"
+        for p in spec.probes
+        if p in draft.probes and draft.probes[p].healthy is False
+    ]
+    return "; ".join(failing) or "probe failing"
+
+
+def _enter(
+    draft: Draft,
+    name: str,
+    spec: ServiceSpec,
+    svc: ServiceState,
+    new: Lifecycle,
+    reason: str,
+    at: float,
+) -> ServiceState:
+    old = svc.lifecycle
+    irregular = svc.active != "unknown" and svc.transitions > 0 and not allowed(old, new)
+    if irregular:
+        draft.log("info", f"observed jump {old} -> {new} (not in the lifecycle diagram)", name)
+    horizon = at - spec.alerts.thrash_window
+    return replace(
+        svc,
+        lifecycle=new,
+        since=at,
+        reason=reason if new == "Error" else "",
+        transitions=svc.transitions + 1,
+        irregular=svc.irregular + irregular,
+        recent=(*(t for t in svc.recent if t > horizon), at),
+        errors=svc.errors + (new == "Error"),
+    )
+
+
+def observe(draft: Draft, name: str, active: str, sub: str, load: str, at: float) -> ServiceState:
+    """Apply systemd's view of the unit; a unit coming up starts its probes afresh."""
+    svc = draft.services[name]
+    came_up = active in UP and svc.active not in UP
+    health = svc.health
+    if came_up:
+        for probe in draft.service_spec(name).probes:
+            if probe in draft.probes:
+                draft.set_probe(probe, ProbeState())
+        health = health_of(draft, draft.service_spec(name))
+    svc = replace(
+        svc,
+        active=active,
+        sub=sub,
+        load=load,
+        health=health,
+        active_since=at if came_up else svc.active_since,
+    )
+    return refresh(draft, name, svc, at)
+
+
+def _wants_job(spec: ServiceSpec, svc: ServiceState) -> str | None:
+    """The job the desired state calls for, ignoring timing and limits. Pure."""
+    if spec.desired == "stopped":
+        return "stop" if svc.active in UP or svc.active == "activating" else None
+    if svc.load in ("not-found", "masked"):
+        return None
+    if svc.active in DOWN:
+        return "start"
+    if svc.active in UP and svc.health == "unhealthy" and spec.on_unhealthy == "restart":
+        return "restart"
+    return None
+
+
+def _deps_running(draft: Draft, spec: ServiceSpec) -> bool:
+    return all(
+        dep in draft.services and draft.services[dep].lifecycle == "Running"
+        for dep in spec.depends_on
+    )
+
+
+def reconcile(draft: Draft, name: str, now: float) -> None:
+    """Issue the job the goal calls for, within dependencies, backoff and the restart limit."""
+    svc = draft.services[name]
+    spec = draft.service_spec(name)
+    if draft.maintenance or svc.maintenance or spec.desired == "unmanaged":
+        return
+    if svc.job is not None or svc.active == "unknown" or svc.gave_up:
+        return
+    op = _wants_job(spec, svc)
+    if op is None or now < svc.next_attempt:
+        return
+    if op != "stop" and not _deps_running(draft, spec):
+        return
+    policy = spec.restart
+    restarts = tuple(t for t in svc.restarts if t > now - policy.window)
+    if op != "stop" and len(restarts) >= policy.limit:
+        _give_up(
+            draft, name, svc, f"restart limit reached: {len(restarts)} in {policy.window:g}s", now
+        )
+        return
+    job_op = "restart" if op == "restart" else op
+    unit = spec.unit
+    job = draft.track(lambda i: UnitJob(i, unit, job_op, name))  # type: ignore[arg-type]
+    attempts = len(restarts) + 1
+    delay = backoff(attempts, policy.backoff_initial, policy.backoff_factor, policy.backoff_max)
+    svc = replace(
+        svc,
+        job=job,
+        restarts=(*restarts, now) if op != "stop" else restarts,
+        restarts_total=svc.restarts_total + (op != "stop"),
+        next_attempt=now + delay,
+    )
+    draft.set_service(name, refresh(draft, name, svc, now))
+
+
+def _give_up(draft: Draft, name: str, svc: ServiceState, reason: str, now: float) -> None:
+    draft.log("warning", f"giving up: {reason}", name)
+    svc = replace(svc, gave_up=True, reason=reason)
+    if svc.lifecycle != "Error":
+        svc = _enter(draft, name, draft.service_spec(name), svc, "Error", reason, now)
+    draft.set_service(name, svc)
+
+
+def job_done(draft: Draft, name: str, ok: bool, permanent: bool, detail: str, at: float) -> None:
+    """A unit job finished: free the slot; a permanent failure gives up with its reason."""
+    svc = replace(draft.services[name], job=None)
+    if not ok:
+        draft.log("warning" if not permanent else "error", f"job failed: {detail}", name)
+    if permanent:
+        svc = replace(svc, gave_up=True, reason=detail)
+    draft.set_service(name, refresh(draft, name, svc, at))
+
+
+def settle(draft: Draft, name: str, now: float) -> None:
+    """Time-driven bookkeeping: forget restarts after a stable period."""
+    svc = draft.services[name]
+    if not (svc.restarts or svc.gave_up or svc.next_attempt):
+        return
+    policy = draft.service_spec(name).restart
+    if svc.lifecycle == "Running" and now - svc.since >= policy.stable_for:
+        draft.log("info", f"stable for {policy.stable_for:g}s: restart counters reset", name)
+        draft.set_service(
+            name, replace(svc, restarts=(), gave_up=False, next_attempt=0.0, reason="")
+        )
+
+
+def reset(draft: Draft, name: str, at: float) -> None:
+    """Operator reset (seed 000's reset()): clear give-up and counters."""
+    svc = replace(draft.services[name], restarts=(), gave_up=False, next_attempt=0.0, reason="")
+    draft.set_service(name, refresh(draft, name, svc, at))

@@ -1,0 +1,211 @@
+"""The state-transition function and restore. Pure: same state + same input = same output.
+
+    step(state, input) -> (state', actions)     never raises on odd input; it logs instead
+    restore(state)     -> pending tracked actions, to re-emit after a crash
+
+`step` returns the very same State object when an input changes nothing, so the runtime can
+skip journaling it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from immutables import Map
+
+from agent.core import domains, probes, services
+from agent.core.actions import Action, Resync, RunEffect, TrackedAction, UnitJob
+from agent.core.draft import Draft
+from agent.core.expr import references
+from agent.core.inputs import (
+    ActionCompleted,
+    GoalsLoaded,
+    Input,
+    OperatorCommand,
+    ProbeResult,
+    Tick,
+    UnitObserved,
+)
+from agent.core.spec import GoalSet
+from agent.core.state import DomainState, Index, ProbeState, ServiceState, State
+
+
+def step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
+    """Apply one input. Pure."""
+    draft = Draft(state)
+    match inp:
+        case UnitObserved():
+            _unit_observed(draft, inp)
+        case ProbeResult():
+            _probe_result(draft, inp)
+        case Tick():
+            _tick(draft, inp.now)
+        case ActionCompleted():
+            _action_completed(draft, inp)
+        case OperatorCommand():
+            _command(draft, inp)
+        case GoalsLoaded():
+            _goals_loaded(draft, inp.goals, inp.at)
+    return draft.finish(), tuple(draft.actions)
+
+
+def restore(state: State) -> tuple[TrackedAction, ...]:
+    """Every pending tracked action, in id order. Pure."""
+    return tuple(state.pending[i] for i in sorted(state.pending.keys()))
+
+
+def _unit_observed(draft: Draft, obs: UnitObserved) -> None:
+    name = draft.index.unit_to_service.get(obs.unit)
+    if name is None:
+        return
+    old = draft.services[name]
+    svc = services.observe(draft, name, obs.active, obs.sub, obs.load, obs.at)
+    if svc == old:
+        return
+    draft.set_service(name, svc)
+    _after_service_change(draft, name, old, obs.at)
+
+
+def _after_service_change(draft: Draft, name: str, old: ServiceState, now: float) -> None:
+    """Reconcile the service, then whatever depends on or watches it."""
+    services.reconcile(draft, name, now)
+    new = draft.services[name]
+    if new.lifecycle != old.lifecycle:
+        for dependant in draft.index.dependants.get(name, ()):
+            services.reconcile(draft, dependant, now)
+    if (new.lifecycle, new.health, new.active, new.sub) != (
+        old.lifecycle,
+        old.health,
+        old.active,
+        old.sub,
+    ):
+        for dom in draft.index.service_to_domains.get(name, ()):
+            domains.evaluate_domain(draft, dom, now)
+
+
+def _probe_result(draft: Draft, res: ProbeResult) -> None:
+    spec = draft.probe_spec(res.probe)
+    if spec is None:
+        return
+    owners = draft.index.probe_to_services.get(res.probe, ())
+    if not probes.apply(draft, res, spec, owners):
+        return
+    for name in owners:
+        old = draft.services[name]
+        health = services.health_of(draft, draft.service_spec(name))
+        svc = services.refresh(draft, name, replace(old, health=health), res.at)
+        draft.set_service(name, svc)
+        _after_service_change(draft, name, old, res.at)
+    for dom in draft.index.probe_to_domains.get(res.probe, ()):
+        domains.evaluate_domain(draft, dom, res.at)
+
+
+def _tick(draft: Draft, now: float) -> None:
+    for name in draft.services:
+        services.settle(draft, name, now)
+        services.reconcile(draft, name, now)
+    for name, dom in draft.domains.items():
+        if not dom.satisfied:
+            domains.evaluate_domain(draft, name, now)
+
+
+def _action_completed(draft: Draft, done: ActionCompleted) -> None:
+    action = draft.pending.get(done.action_id)
+    if action is None:
+        draft.log("debug", f"result for unknown or finished action {done.action_id} ignored")
+        return
+    draft.pending = draft.pending.delete(done.action_id)
+    draft.completed += 1
+    if isinstance(action, UnitJob):
+        if action.service in draft.services and draft.services[action.service].job == action.id:
+            old = draft.services[action.service]
+            services.job_done(draft, action.service, done.ok, done.permanent, done.detail, done.at)
+            _after_service_change(draft, action.service, old, done.at)
+    elif isinstance(action, RunEffect) and action.owner.startswith("domain:"):
+        domains.effect_done(draft, action.owner[7:], action.reason, action.id, done.ok, done.at)
+    if not done.ok:
+        draft.log("warning", f"action {done.action_id} failed: {done.detail[:200]}")
+
+
+def _command(draft: Draft, cmd: OperatorCommand) -> None:
+    if cmd.target and cmd.target not in draft.services:
+        draft.log("error", f"command {cmd.command}: no service named {cmd.target!r}")
+        return
+    if cmd.command == "resync":
+        draft.actions.append(Resync())
+    elif cmd.command == "reset":
+        for name in [cmd.target] if cmd.target else list(draft.services.keys()):
+            services.reset(draft, name, cmd.at)
+            services.reconcile(draft, name, cmd.at)
+    elif cmd.target:
+        on = cmd.command == "maintenance_on"
+        draft.set_service(cmd.target, replace(draft.services[cmd.target], maintenance=on))
+        services.reconcile(draft, cmd.target, cmd.at)
+    else:
+        draft.maintenance = cmd.command == "maintenance_on"
+        _tick(draft, cmd.at)
+    draft.log("info", f"operator command {cmd.command} {cmd.target}".strip())
+
+
+def build_index(goals: GoalSet) -> Index:
+    """Lookups from the goals. Pure."""
+    probe_owners: dict[str, list[str]] = {}
+    for svc in goals.services:
+        for probe in svc.probes:
+            probe_owners.setdefault(probe, []).append(svc.name)
+    dependants: dict[str, list[str]] = {}
+    for svc in goals.services:
+        for dep in svc.depends_on:
+            dependants.setdefault(dep, []).append(svc.name)
+    svc_doms: dict[str, list[str]] = {}
+    probe_doms: dict[str, list[str]] = {}
+    for dom in goals.domains:
+        texts = [dom.goal, *(t.guard for t in dom.transitions), *(v.bind for v in dom.variables)]
+        for text in texts:
+            for kind, name in references(text):
+                target = svc_doms if kind == "services" else probe_doms
+                if dom.name not in target.setdefault(name, []):
+                    target[name].append(dom.name)
+    return Index(
+        services=Map({s.name: s for s in goals.services}),
+        probes=Map({p.name: p for p in goals.probes}),
+        domains=Map({d.name: d for d in goals.domains}),
+        decls=Map(
+            {d.name: tuple(sorted((v.name, v.type) for v in d.variables)) for d in goals.domains}
+        ),
+        unit_to_service=Map({s.unit: s.name for s in goals.services}),
+        probe_to_services=Map({k: tuple(v) for k, v in probe_owners.items()}),
+        service_to_domains=Map({k: tuple(v) for k, v in svc_doms.items()}),
+        probe_to_domains=Map({k: tuple(v) for k, v in probe_doms.items()}),
+        dependants=Map({k: tuple(v) for k, v in dependants.items()}),
+    )
+
+
+def _goals_loaded(draft: Draft, goals: GoalSet, at: float) -> None:
+    if goals.digest and goals.digest == draft.goals.digest:
+        return
+    old_index = draft.index
+    draft.goals, draft.index = goals, build_index(goals)
+    svcs: dict[str, ServiceState] = {}
+    for spec in goals.services:
+        prev = draft.services.get(spec.name)
+        before = old_index.services.get(spec.name)
+        if prev is None or before is None or before.unit != spec.unit:
+            svcs[spec.name] = ServiceState(since=at)
+        elif before != spec:
+            svcs[spec.name] = replace(prev, restarts=(), gave_up=False, next_attempt=0.0)
+        else:
+            svcs[spec.name] = prev
+    draft.services = Map(svcs)
+    draft.probes = Map({p.name: draft.probes.get(p.name, ProbeState()) for p in goals.probes})
+    doms: dict[str, DomainState] = {}
+    for dom in goals.domains:
+        prev_dom = draft.domains.get(dom.name)
+        same = prev_dom is not None and old_index.domains.get(dom.name) == dom
+        doms[dom.name] = prev_dom if same and prev_dom else domains.initial(dom, prev_dom)
+    draft.domains = Map(doms)
+    draft.log("info", f"goals loaded: {len(goals.services)} services, {len(goals.domains)} domains")
+    for name in draft.services:
+        services.reconcile(draft, name, at)
+    for name in draft.domains:
+        domains.evaluate_domain(draft, name, at)
