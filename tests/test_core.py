@@ -1,0 +1,295 @@
+"""Table-driven tests of the pure core: lifecycle, restart policy, dependencies, domains."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.core.actions import Log, Resync, UnitJob
+from agent.core.inputs import ActionCompleted, OperatorCommand, ProbeResult, Tick, UnitObserved
+from agent.core.lifecycle import backoff, derive
+from agent.core.spec import GoalSet
+from agent.core.state import Health, Lifecycle
+from agent.core.step import restore, step
+from tests.corekit import Harness, effects, http_probe, jobs, policy, routing_domain, service
+
+
+@pytest.mark.parametrize(
+    ("active", "sub", "load", "health", "restarting", "expected"),
+    [
+        ("inactive", "dead", "loaded", "unknown", False, ("Stopped", "")),
+        ("activating", "start", "loaded", "unknown", False, ("Starting", "")),
+        ("activating", "auto-restart", "loaded", "unknown", False, ("Restarting", "")),
+        ("active", "running", "loaded", "healthy", False, ("Running", "")),
+        ("active", "running", "loaded", "unknown", False, ("Starting", "")),
+        ("active", "running", "loaded", "unhealthy", False, ("Error", "unhealthy")),
+        ("deactivating", "stop-sigterm", "loaded", "healthy", False, ("Stopping", "")),
+        ("deactivating", "stop-sigterm", "loaded", "healthy", True, ("Restarting", "")),
+        ("inactive", "dead", "loaded", "unknown", True, ("Restarting", "")),
+        ("failed", "failed", "loaded", "unknown", False, ("Error", "unit failed (failed)")),
+        ("inactive", "dead", "not-found", "unknown", False, ("Error", "unit is not-found")),
+        ("inactive", "dead", "masked", "unknown", False, ("Error", "unit is masked")),
+        ("weird", "x", "loaded", "unknown", False, ("Error", "unknown ActiveState 'weird'")),
+    ],
+)
+def test_lifecycle_derivation(
+    active: str,
+    sub: str,
+    load: str,
+    health: Health,
+    restarting: bool,
+    expected: tuple[Lifecycle, str],
+) -> None:
+    assert derive(active, sub, load, health, restarting) == expected
+
+
+@pytest.mark.parametrize(
+    ("attempts", "expected"), [(0, 0.0), (1, 1.0), (2, 2.0), (3, 4.0), (7, 60.0), (30, 60.0)]
+)
+def test_backoff_is_exponential_and_capped(attempts: int, expected: float) -> None:
+    assert backoff(attempts, 1.0, 2.0, 60.0) == expected
+
+
+def crash_loop_harness(**kw: float) -> Harness:
+    h = Harness()
+    h.load(GoalSet(services=(service("web", restart=policy(**kw)),)))
+    return h
+
+
+def test_crash_restarts_at_once_then_backs_off_then_gives_up() -> None:
+    h = crash_loop_harness(backoff_initial=1, backoff_factor=2, limit=3, window=60, stable_for=30)
+    assert jobs(h.observe("web.service", "failed", "failed", 10)) == [("start", "web.service")]
+    job = h.state.services["web"].job
+    assert job is not None
+    h.feed(ActionCompleted(job, True, 10.1))
+    assert h.observe("web.service", "failed", "failed", 10.2) == []  # backoff: 1 s
+    assert jobs(h.tracked(Tick(11.3))) == [("start", "web.service")]
+    h.feed(ActionCompleted(h.state.services["web"].job or 0, True, 11.4))
+    assert h.tracked(Tick(12.0)) == []  # backoff: 2 s after the 2nd attempt
+    assert jobs(h.tracked(Tick(13.5))) == [("start", "web.service")]
+    h.feed(ActionCompleted(h.state.services["web"].job or 0, True, 13.6))
+    actions = h.feed(Tick(30.0))
+    svc = h.state.services["web"]
+    assert svc.gave_up and svc.lifecycle == "Error"
+    assert "restart limit reached: 3 in 60s" in svc.reason
+    assert any(isinstance(a, Log) and "giving up" in a.message for a in actions)
+    assert h.tracked(Tick(1000.0)) == []  # no more restarts once given up
+
+
+def test_counters_reset_after_stable_period() -> None:
+    h = crash_loop_harness(limit=2, window=600, stable_for=30, backoff_initial=0)
+    for at in (1.0, 2.0):
+        h.observe("web.service", "failed", "failed", at)
+        h.feed(ActionCompleted(h.state.services["web"].job or 0, True, at + 0.1))
+    h.feed(Tick(3.0))
+    assert h.state.services["web"].gave_up
+    h.observe("web.service", "active", "running", 100.0)  # an operator started it by hand
+    assert h.state.services["web"].lifecycle == "Running"
+    h.feed(Tick(120.0))
+    assert h.state.services["web"].gave_up  # not yet stable for 30 s
+    h.feed(Tick(131.0))
+    svc = h.state.services["web"]
+    assert not svc.gave_up and svc.restarts == () and svc.reason == ""
+    assert jobs(h.observe("web.service", "failed", "failed", 140.0)) == [("start", "web.service")]
+
+
+def test_dependant_waits_for_dependency_running() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("db"), service("app", depends_on=("db",)))))
+    assert h.observe("app.service", "inactive", "dead", 1) == []
+    assert jobs(h.observe("db.service", "inactive", "dead", 1)) == [("start", "db.service")]
+    h.feed(ActionCompleted(h.state.services["db"].job or 0, True, 1.5))
+    assert h.observe("db.service", "activating", "start", 2) == []
+    assert jobs(h.observe("db.service", "active", "running", 3)) == [("start", "app.service")]
+
+
+def test_desired_stopped_stops_a_unit_started_by_hand() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("batch", desired="stopped"),)))
+    assert h.observe("batch.service", "inactive", "dead", 1) == []
+    assert jobs(h.observe("batch.service", "active", "running", 2)) == [("stop", "batch.service")]
+
+
+def test_unmanaged_is_observed_only() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("x", desired="unmanaged"),)))
+    assert h.observe("x.service", "failed", "failed", 1) == []
+    assert h.state.services["x"].lifecycle == "Error"
+
+
+def test_maintenance_observes_and_never_acts() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("web"),)))
+    h.feed(OperatorCommand("maintenance_on", 0.5))
+    assert h.observe("web.service", "failed", "failed", 1) == []
+    assert h.state.services["web"].lifecycle == "Error"
+    assert h.tracked(Tick(100)) == []
+    assert jobs(h.tracked(OperatorCommand("maintenance_off", 101))) == [("start", "web.service")]
+
+
+def test_per_service_maintenance_and_unknown_target() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("a"), service("b"))))
+    h.feed(OperatorCommand("maintenance_on", 0.5, target="a"))
+    assert h.observe("a.service", "failed", "failed", 1) == []
+    assert jobs(h.observe("b.service", "failed", "failed", 1)) == [("start", "b.service")]
+    before = h.state
+    out = h.feed(OperatorCommand("reset", 2, target="nope"))
+    assert h.state is before
+    assert [a.message for a in out if isinstance(a, Log)] == [
+        "command reset: no service named 'nope'"
+    ]
+
+
+def test_resync_command_asks_observers() -> None:
+    h = Harness()
+    assert h.feed(OperatorCommand("resync", 1)) == [
+        Resync(),
+        Log("info", "operator command resync"),
+    ]
+
+
+def test_irregular_jump_is_recorded_not_fatal() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("web", desired="unmanaged"),)))
+    h.observe("web.service", "active", "running", 1)  # first sighting: not a jump
+    out = h.feed(UnitObserved("web.service", "inactive", "dead", 2))
+    svc = h.state.services["web"]
+    assert (svc.lifecycle, svc.irregular, svc.transitions) == ("Stopped", 1, 2)
+    assert any(isinstance(a, Log) and "Running -> Stopped" in a.message for a in out)
+
+
+def test_permanent_job_failure_gives_up_with_the_reason() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("web"),)))
+    h.observe("web.service", "inactive", "dead", 1)
+    job = h.state.services["web"].job or 0
+    h.feed(ActionCompleted(job, False, 1.2, "unit web.service: access denied", permanent=True))
+    svc = h.state.services["web"]
+    assert (svc.lifecycle, svc.gave_up, svc.job) == ("Error", True, None)
+    assert svc.reason == "unit web.service: access denied"
+    assert h.tracked(Tick(500)) == []
+
+
+def test_missing_unit_is_an_error_without_jobs() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("ghost"),)))
+    assert h.tracked(UnitObserved("ghost.service", "inactive", "dead", 1, load="not-found")) == []
+    assert h.state.services["ghost"].reason == "unit is not-found"
+
+
+def test_one_lifecycle_job_at_a_time() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("web", restart=policy(backoff_initial=0)),)))
+    assert len(h.observe("web.service", "failed", "failed", 1)) == 1
+    assert h.observe("web.service", "inactive", "dead", 1.1) == []
+    assert h.tracked(Tick(5)) == []
+
+
+def test_unhealthy_service_is_restarted_after_failures_threshold() -> None:
+    h = Harness()
+    goals = GoalSet(
+        services=(service("web", probes=("hz",)),),
+        probes=(http_probe("hz", failures=2, successes=1, start_period=5),),
+    )
+    h.load(goals)
+    h.observe("web.service", "active", "running", 10)
+    assert h.lifecycle("web") == "Starting"
+    assert h.tracked(ProbeResult("hz", False, 0.1, 12, "refused")) == []  # start period
+    h.feed(ProbeResult("hz", True, 0.01, 16))
+    assert h.lifecycle("web") == "Running"
+    assert h.tracked(ProbeResult("hz", False, 0.1, 20, "HTTP 500")) == []  # 1 of 2
+    assert jobs(h.tracked(ProbeResult("hz", False, 0.1, 21, "HTTP 500"))) == [
+        ("restart", "web.service")
+    ]
+    svc = h.state.services["web"]
+    assert svc.lifecycle == "Error" and svc.reason == "unhealthy: hz: HTTP 500"
+
+
+def test_steady_probe_results_change_nothing() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("web", probes=("hz",)),), probes=(http_probe("hz"),)))
+    h.observe("web.service", "active", "running", 1)
+    h.feed(ProbeResult("hz", True, 0.01, 2))
+    before = h.state
+    assert step(before, ProbeResult("hz", True, 0.02, 3)) == (before, ())
+    assert step(before, Tick(4))[0] is before
+
+
+def test_ved_scenario_failover_and_page_are_independent() -> None:
+    h = Harness()
+    goals = GoalSet(
+        services=(service("db-primary", desired="unmanaged"),), domains=(routing_domain(),)
+    )
+    h.load(goals)
+    h.observe("db-primary.service", "active", "running", 1)
+    assert h.state.domains["DatabaseRouting"].satisfied
+    fired = h.observe("db-primary.service", "failed", "failed", 10)
+    assert effects(fired) == ["ExecuteFailover", "TriggerPagerDuty"]
+    dns, page = fired
+    h.feed(ActionCompleted(page.id, False, 10.5, "pager down"))  # the pager fails...
+    h.feed(ActionCompleted(dns.id, True, 10.6))  # ...the failover still lands
+    dom = h.state.domains["DatabaseRouting"]
+    assert dom.values["active_route"] == "replica" and dom.values["alert_sent"] is False
+    assert h.tracked(Tick(12)) == []  # page waits retry_after (5 s)
+    retry = h.tracked(Tick(15.6))
+    assert effects(retry) == ["TriggerPagerDuty"]
+    h.feed(ActionCompleted(retry[0].id, True, 16))
+    dom = h.state.domains["DatabaseRouting"]
+    assert dom.satisfied and dom.values["alert_sent"] is True  # Reality B: rest
+    assert h.tracked(Tick(100)) == []
+    back = h.observe("db-primary.service", "active", "running", 200)
+    assert effects(back) == ["AutoRestore"]
+    h.feed(ActionCompleted(back[0].id, True, 201))
+    dom = h.state.domains["DatabaseRouting"]
+    assert dom.satisfied and dict(dom.values) == {
+        "primary_status": "healthy",
+        "active_route": "primary",
+        "alert_sent": False,
+    }
+
+
+def test_domain_waits_for_first_observation() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("db-primary"),), domains=(routing_domain(),)))
+    assert effects(h.emitted) == []  # type: ignore[arg-type]
+
+
+def test_restore_emits_exactly_the_pending_set() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("a"), service("b"))))
+    h.observe("a.service", "failed", "failed", 1)
+    h.observe("b.service", "failed", "failed", 1)
+    first = h.state.services["a"].job or 0
+    h.observe("a.service", "active", "running", 1.5)
+    h.feed(ActionCompleted(first, True, 2))
+    assert [a.id for a in restore(h.state)] == [h.state.services["b"].job]
+    assert all(isinstance(a, UnitJob) for a in restore(h.state))
+
+
+def test_stale_or_duplicate_results_are_ignored() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("a"),)))
+    h.observe("a.service", "failed", "failed", 1)
+    job = h.state.services["a"].job or 0
+    h.feed(ActionCompleted(job, True, 2))
+    after = h.state
+    h.feed(ActionCompleted(job, True, 3))
+    assert h.state.pending == after.pending and h.state.completed == after.completed
+
+
+def test_reload_keeps_state_and_a_changed_spec_clears_give_up() -> None:
+    h = Harness()
+    goals = GoalSet(
+        services=(service("a", restart=policy(limit=1, backoff_initial=0)),), digest="1"
+    )
+    h.load(goals)
+    h.observe("a.service", "failed", "failed", 1)
+    h.feed(ActionCompleted(h.state.services["a"].job or 0, False, 1.1, "failed"))
+    h.feed(Tick(2))
+    assert h.state.services["a"].gave_up
+    same = h.state
+    assert h.load(goals, 3) == [] and h.state is same  # same digest: no-op
+    fixed = GoalSet(
+        services=(service("a", restart=policy(limit=5, backoff_initial=0)),), digest="2"
+    )
+    assert jobs(h.load(fixed, 4)) == [("start", "a.service")]
