@@ -117,10 +117,11 @@ def _action_completed(draft: Draft, done: ActionCompleted) -> None:
     draft.pending = draft.pending.delete(done.action_id)
     draft.completed += 1
     if isinstance(action, UnitJob):
-        if action.service in draft.services and draft.services[action.service].job == action.id:
-            old = draft.services[action.service]
-            services.job_done(draft, action.service, done.ok, done.permanent, done.detail, done.at)
-            _after_service_change(draft, action.service, old, done.at)
+        name = draft.index.unit_to_service.get(action.unit)
+        if name is not None and draft.services[name].job == action.id:
+            old = draft.services[name]
+            services.job_done(draft, name, done.ok, done.permanent, done.detail, done.at)
+            _after_service_change(draft, name, old, done.at)
     elif isinstance(action, RunEffect) and action.owner.startswith("domain:"):
         domains.effect_done(draft, action.owner[7:], action.reason, action.id, done.ok, done.at)
     if not done.ok:
@@ -186,12 +187,13 @@ def _goals_loaded(draft: Draft, goals: GoalSet, at: float) -> None:
         return
     old_index = draft.index
     draft.goals, draft.index = goals, build_index(goals)
+    busy = {a.unit: a.id for a in draft.pending.values() if isinstance(a, UnitJob)}
     svcs: dict[str, ServiceState] = {}
     for spec in goals.services:
         prev = draft.services.get(spec.name)
         before = old_index.services.get(spec.name)
         if prev is None or before is None or before.unit != spec.unit:
-            svcs[spec.name] = ServiceState(since=at)
+            svcs[spec.name] = ServiceState(since=at, job=busy.get(spec.unit))
         elif before != spec:
             svcs[spec.name] = replace(prev, restarts=(), gave_up=False, next_attempt=0.0)
         else:
