@@ -8,12 +8,11 @@ of them succeeded, so a domain never sits half-way. A failed effect makes its tr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 from immutables import Map
 
 from agent.core.actions import RunEffect
-from agent.core.draft import Draft
+from agent.core.draft import Draft, evolve
 from agent.core.expr import ExprError, evaluate, references
 from agent.core.spec import DomainSpec, Effect, Scalar, Transition
 from agent.core.state import DomainState, InFlight
@@ -54,7 +53,7 @@ def initial(spec: DomainSpec, old: DomainState | None) -> DomainState:
         keep = prev is not None and type(prev) is type(var.default)
         values[var.name] = prev if keep and prev is not None else var.default
     base = old or DomainState()
-    return replace(base, values=Map(values), in_flight=Map(), retry_at=Map())
+    return evolve(base, values=Map(values), in_flight=Map(), retry_at=Map())
 
 
 def evaluate_domain(draft: Draft, name: str, now: float) -> None:
@@ -143,7 +142,7 @@ def _store(
     if satisfied != dom.satisfied:
         draft.log("info", "goal holds" if satisfied else "goal broken", name)
     since = now if satisfied != dom.satisfied else dom.since
-    new = replace(
+    new = evolve(
         dom, values=new_values, satisfied=satisfied, since=since, in_flight=in_flight, error=error
     )
     if new != dom:
@@ -166,13 +165,13 @@ def effect_done(
         draft.log(
             "warning", f"transition {transition} failed; retry after {tr.retry_after:g}s", name
         )
-        dom = replace(
+        dom = evolve(
             dom,
             in_flight=dom.in_flight.delete(transition),
             retry_at=dom.retry_at.set(transition, at + tr.retry_after),
         )
     elif len(flight.done) + 1 < len(flight.actions):
-        dom = replace(
+        dom = evolve(
             dom,
             in_flight=dom.in_flight.set(
                 transition, InFlight(flight.actions, (*flight.done, action_id))
@@ -181,7 +180,7 @@ def effect_done(
     else:
         values = dom.values.update(dict(tr.assign))
         draft.log("info", f"transition {transition} completed", name)
-        dom = replace(
+        dom = evolve(
             dom,
             values=values,
             in_flight=dom.in_flight.delete(transition),

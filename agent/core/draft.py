@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from agent.core.actions import Action, Log, LogLevel, TrackedAction
 from agent.core.spec import DomainSpec, ProbeSpec, ServiceSpec
 from agent.core.state import DomainState, ProbeState, ServiceState, State
+
+T = TypeVar("T")
 
 
 class Draft:
@@ -81,3 +84,15 @@ class Draft:
             completed=self.completed,
             maintenance=self.maintenance,
         )
+
+
+def evolve(obj: T, **changes: object) -> T:
+    """`dataclasses.replace` for frozen dataclasses without __post_init__, several times faster."""
+    fields = obj.__dataclass_fields__  # type: ignore[attr-defined]
+    if not changes.keys() <= fields.keys():
+        raise TypeError(
+            f"{type(obj).__name__} has no field {sorted(changes.keys() - fields.keys())}"
+        )
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__, **changes)
+    return new

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from agent.core.draft import Draft
+from agent.core.draft import Draft, evolve
 from agent.core.inputs import ProbeResult
 from agent.core.spec import ProbeSpec
 from agent.core.state import ProbeState
@@ -33,7 +31,7 @@ def apply(draft: Draft, result: ProbeResult, spec: ProbeSpec, owners: tuple[str,
         fail_streak = min(old.fail_streak + 1, spec.failures)
         healthy = False if fail_streak >= spec.failures else old.healthy
     budget = spec.latency_budget
-    new = replace(
+    new = evolve(
         old,
         healthy=healthy,
         ok_streak=ok_streak,

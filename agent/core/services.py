@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from agent.core.actions import UnitJob
-from agent.core.draft import Draft
+from agent.core.draft import Draft, evolve
 from agent.core.lifecycle import UP, allowed, backoff, derive
 from agent.core.spec import ServiceSpec
 from agent.core.state import Health, Lifecycle, ProbeState, ServiceState
@@ -37,7 +35,7 @@ def refresh(draft: Draft, name: str, svc: ServiceState, at: float) -> ServiceSta
     if lifecycle == "Error" and reason == "unhealthy":
         reason = "unhealthy: " + _probe_detail(draft, spec)
     if lifecycle == svc.lifecycle:
-        return svc if reason == svc.reason or lifecycle != "Error" else replace(svc, reason=reason)
+        return svc if reason == svc.reason or lifecycle != "Error" else evolve(svc, reason=reason)
     return _enter(draft, name, spec, svc, lifecycle, reason, at)
 
 
@@ -64,7 +62,7 @@ def _enter(
     if irregular:
         draft.log("info", f"observed jump {old} -> {new} (not in the lifecycle diagram)", name)
     horizon = at - spec.alerts.thrash_window
-    return replace(
+    return evolve(
         svc,
         lifecycle=new,
         since=at,
@@ -86,7 +84,7 @@ def observe(draft: Draft, name: str, active: str, sub: str, load: str, at: float
             if probe in draft.probes:
                 draft.set_probe(probe, ProbeState())
         health = health_of(draft, draft.service_spec(name))
-    svc = replace(
+    svc = evolve(
         svc,
         active=active,
         sub=sub,
@@ -142,7 +140,7 @@ def reconcile(draft: Draft, name: str, now: float) -> None:
     job = draft.track(lambda i: UnitJob(i, unit, job_op, name))  # type: ignore[arg-type]
     attempts = len(restarts) + 1
     delay = backoff(attempts, policy.backoff_initial, policy.backoff_factor, policy.backoff_max)
-    svc = replace(
+    svc = evolve(
         svc,
         job=job,
         restarts=(*restarts, now) if op != "stop" else restarts,
@@ -154,7 +152,7 @@ def reconcile(draft: Draft, name: str, now: float) -> None:
 
 def _give_up(draft: Draft, name: str, svc: ServiceState, reason: str, now: float) -> None:
     draft.log("warning", f"giving up: {reason}", name)
-    svc = replace(svc, gave_up=True, reason=reason)
+    svc = evolve(svc, gave_up=True, reason=reason)
     if svc.lifecycle != "Error":
         svc = _enter(draft, name, draft.service_spec(name), svc, "Error", reason, now)
     draft.set_service(name, svc)
@@ -162,11 +160,11 @@ def _give_up(draft: Draft, name: str, svc: ServiceState, reason: str, now: float
 
 def job_done(draft: Draft, name: str, ok: bool, permanent: bool, detail: str, at: float) -> None:
     """A unit job finished: free the slot; a permanent failure gives up with its reason."""
-    svc = replace(draft.services[name], job=None)
+    svc = evolve(draft.services[name], job=None)
     if not ok:
         draft.log("warning" if not permanent else "error", f"job failed: {detail}", name)
     if permanent:
-        svc = replace(svc, gave_up=True, reason=detail)
+        svc = evolve(svc, gave_up=True, reason=detail)
     draft.set_service(name, refresh(draft, name, svc, at))
 
 
@@ -179,11 +177,11 @@ def settle(draft: Draft, name: str, now: float) -> None:
     if svc.lifecycle == "Running" and now - svc.since >= policy.stable_for:
         draft.log("info", f"stable for {policy.stable_for:g}s: restart counters reset", name)
         draft.set_service(
-            name, replace(svc, restarts=(), gave_up=False, next_attempt=0.0, reason="")
+            name, evolve(svc, restarts=(), gave_up=False, next_attempt=0.0, reason="")
         )
 
 
 def reset(draft: Draft, name: str, at: float) -> None:
     """Operator reset (seed 000's reset()): clear give-up and counters."""
-    svc = replace(draft.services[name], restarts=(), gave_up=False, next_attempt=0.0, reason="")
+    svc = evolve(draft.services[name], restarts=(), gave_up=False, next_attempt=0.0, reason="")
     draft.set_service(name, refresh(draft, name, svc, at))

@@ -9,13 +9,11 @@ skip journaling it.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from immutables import Map
 
 from agent.core import domains, probes, services
 from agent.core.actions import Action, Resync, RunEffect, TrackedAction, UnitJob
-from agent.core.draft import Draft
+from agent.core.draft import Draft, evolve
 from agent.core.expr import references
 from agent.core.inputs import (
     ActionCompleted,
@@ -93,7 +91,7 @@ def _probe_result(draft: Draft, res: ProbeResult) -> None:
     for name in owners:
         old = draft.services[name]
         health = services.health_of(draft, draft.service_spec(name))
-        svc = services.refresh(draft, name, replace(old, health=health), res.at)
+        svc = services.refresh(draft, name, evolve(old, health=health), res.at)
         draft.set_service(name, svc)
         _after_service_change(draft, name, old, res.at)
     for dom in draft.index.probe_to_domains.get(res.probe, ()):
@@ -140,7 +138,7 @@ def _command(draft: Draft, cmd: OperatorCommand) -> None:
             services.reconcile(draft, name, cmd.at)
     elif cmd.target:
         on = cmd.command == "maintenance_on"
-        draft.set_service(cmd.target, replace(draft.services[cmd.target], maintenance=on))
+        draft.set_service(cmd.target, evolve(draft.services[cmd.target], maintenance=on))
         services.reconcile(draft, cmd.target, cmd.at)
     else:
         draft.maintenance = cmd.command == "maintenance_on"
@@ -195,7 +193,7 @@ def _goals_loaded(draft: Draft, goals: GoalSet, at: float) -> None:
         if prev is None or before is None or before.unit != spec.unit:
             svcs[spec.name] = ServiceState(since=at, job=busy.get(spec.unit))
         elif before != spec:
-            svcs[spec.name] = replace(prev, restarts=(), gave_up=False, next_attempt=0.0)
+            svcs[spec.name] = evolve(prev, restarts=(), gave_up=False, next_attempt=0.0)
         else:
             svcs[spec.name] = prev
     draft.services = Map(svcs)
