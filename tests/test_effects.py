@@ -1,0 +1,173 @@
+"""The exec effect and the lanes, with real subprocesses and real timing."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import pytest
+
+from agent.core.actions import RunEffect, TrackedAction
+from agent.core.inputs import ActionCompleted, Input
+from agent.core.spec import Effect
+from agent.errors import PermanentError, TransientError
+from agent.execution import OUTPUT_LIMIT, run_exec
+from agent.lanes import Lanes, RetryPolicy
+
+
+def exec_action(*argv: str, timeout: float = 10.0, target: str = "", **env: str) -> RunEffect:
+    effect = Effect("exec", argv=argv, timeout=timeout, env=tuple(env.items()))
+    return RunEffect(1, effect, "domain:test", "T", target)
+
+
+async def test_exec_captures_output_and_passes_env_and_target() -> None:
+    code = "import os, sys; print(os.environ['GREETING'], sys.argv[1])"
+    out = await run_exec(
+        exec_action(sys.executable, "-c", code, "{target}", target="replica", GREETING="route")
+    )
+    assert out == "route replica"
+
+
+async def test_exec_nonzero_exit_is_transient_with_output() -> None:
+    with pytest.raises(TransientError, match=r"exited with 3: boom"):
+        await run_exec(exec_action(sys.executable, "-c", "print('boom'); raise SystemExit(3)"))
+
+
+async def test_exec_missing_program_is_permanent() -> None:
+    with pytest.raises(PermanentError, match=r"cannot run '/nonexistent/prog'"):
+        await run_exec(exec_action("/nonexistent/prog"))
+
+
+async def test_exec_timeout_kills_the_process_group() -> None:
+    started = time.monotonic()
+    code = "import subprocess, time; subprocess.Popen(['sleep', '30']); time.sleep(30)"
+    with pytest.raises(TransientError, match=r"timed out after 0\.3s"):
+        await run_exec(exec_action(sys.executable, "-c", code, timeout=0.3))
+    assert time.monotonic() - started < 5
+
+
+async def test_exec_output_is_bounded_to_its_tail() -> None:
+    code = "import sys; sys.stdout.write('x' * 100000 + 'END')"
+    out = await run_exec(exec_action(sys.executable, "-c", code))
+    assert len(out) == OUTPUT_LIMIT and out.endswith("END")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.results: list[ActionCompleted] = []
+        self.event = asyncio.Event()
+
+    def submit(self, inp: Input) -> None:
+        assert isinstance(inp, ActionCompleted)
+        self.results.append(inp)
+        self.event.set()
+
+    async def wait(self, count: int, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.results) < count:
+                self.event.clear()
+                await self.event.wait()
+
+
+def alert(action_id: int, sink: str = "pager") -> RunEffect:
+    return RunEffect(action_id, Effect("alert", sink=sink, summary="x"), "domain:d", "Page")
+
+
+FAST = RetryPolicy(attempts=4, initial=0.01, maximum=0.02)
+
+
+async def test_transient_failures_retry_then_succeed() -> None:
+    rec, calls = Recorder(), []
+
+    async def flaky(action: TrackedAction) -> str:
+        calls.append(action.id)
+        if len(calls) < 3:
+            raise TransientError("connection refused")
+        return "delivered"
+
+    lanes = Lanes(rec.submit, time.time)
+    lanes.register("alert", flaky, FAST)
+    lanes.dispatch(alert(7))
+    await rec.wait(1)
+    assert (rec.results[0].action_id, rec.results[0].ok, rec.results[0].detail) == (
+        7,
+        True,
+        "delivered",
+    )
+    assert calls == [7, 7, 7] and lanes.retries == 2
+
+
+async def test_permanent_failure_is_not_retried_and_exhaustion_reports_failure() -> None:
+    rec, calls = Recorder(), []
+
+    async def broken(action: TrackedAction) -> str:
+        calls.append(action.id)
+        if action.id == 1:
+            raise PermanentError("access denied")
+        raise TransientError("still down")
+
+    lanes = Lanes(rec.submit, time.time)
+    lanes.register("alert", broken, FAST)
+    lanes.dispatch(alert(1))
+    lanes.dispatch(alert(2))
+    await rec.wait(2)
+    by_id = {r.action_id: r for r in rec.results}
+    assert (by_id[1].ok, by_id[1].permanent, by_id[1].detail) == (False, True, "access denied")
+    assert (by_id[2].ok, by_id[2].permanent) == (False, False)
+    assert "gave up after retries: still down" in by_id[2].detail
+    assert calls.count(1) == 1 and calls.count(2) == 4
+
+
+async def test_a_stuck_lane_never_delays_another() -> None:
+    rec = Recorder()
+    release = asyncio.Event()
+
+    async def pager(action: TrackedAction) -> str:
+        await release.wait()
+        return "paged"
+
+    lanes = Lanes(rec.submit, time.time)
+    lanes.register("alert", pager, FAST)
+    lanes.register("exec", run_exec, FAST)
+    lanes.dispatch(alert(1))
+    lanes.dispatch(RunEffect(2, Effect("exec", argv=("true",)), "domain:d", "Failover"))
+    await rec.wait(1)
+    assert [r.action_id for r in rec.results] == [2]
+    release.set()
+    await rec.wait(2)
+    assert await lanes.drain(1.0)
+
+
+async def test_unknown_lane_fails_permanently_and_duplicates_are_ignored() -> None:
+    rec = Recorder()
+    lanes = Lanes(rec.submit, time.time)
+    lanes.dispatch(RunEffect(5, Effect("mqtt", topic="t"), "domain:d", "T"))
+    lanes.dispatch(RunEffect(5, Effect("mqtt", topic="t"), "domain:d", "T"))
+    await rec.wait(1)
+    await asyncio.sleep(0.05)
+    assert len(rec.results) == 1
+    assert rec.results[0].permanent and "no executor for lane 'mqtt'" in rec.results[0].detail
+
+
+async def test_concurrency_is_bounded_per_lane() -> None:
+    rec = Recorder()
+    gate = asyncio.Event()
+
+    async def slow(action: TrackedAction) -> str:
+        await gate.wait()
+        return "ok"
+
+    async def quick(action: TrackedAction) -> str:
+        return "ok"
+
+    lanes = Lanes(rec.submit, time.time, concurrency=1)
+    lanes.register("alert", slow, FAST)
+    lanes.register("exec", quick, FAST)
+    lanes.dispatch(alert(1))
+    lanes.dispatch(alert(2))
+    lanes.dispatch(RunEffect(3, Effect("exec", argv=("true",)), "domain:d", "T"))
+    await rec.wait(1)
+    assert [r.action_id for r in rec.results] == [3]
+    gate.set()
+    await rec.wait(3)
