@@ -19,11 +19,17 @@ def argv_for(action: RunEffect) -> list[str]:
 
 
 async def run_exec(action: TrackedAction) -> str:
-    """Run an exec effect; exit 0 is success, anything else a TransientError with the output."""
+    """Run an exec effect; exit 0 is success, anything else a TransientError with the output.
+
+    The program gets SETPOINT_ACTION_ID (stable across a crash and restore), so it can make
+    itself idempotent, and SETPOINT_TARGET for route effects.
+    """
     if not isinstance(action, RunEffect) or not action.effect.argv:
         raise PermanentError(f"action {action.id} is not an exec effect")
     argv = argv_for(action)
-    env = {**os.environ, **dict(action.effect.env)}
+    env = {**os.environ, **dict(action.effect.env), "SETPOINT_ACTION_ID": str(action.id)}
+    if action.target:
+        env["SETPOINT_TARGET"] = action.target
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,

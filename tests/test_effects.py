@@ -22,11 +22,11 @@ def exec_action(*argv: str, timeout: float = 10.0, target: str = "", **env: str)
 
 
 async def test_exec_captures_output_and_passes_env_and_target() -> None:
-    code = "import os, sys; print(os.environ['GREETING'], sys.argv[1])"
+    code = "import os, sys; print(os.environ['GREETING'], sys.argv[1], os.environ['SETPOINT_ACTION_ID'])"
     out = await run_exec(
         exec_action(sys.executable, "-c", code, "{target}", target="replica", GREETING="route")
     )
-    assert out == "route replica"
+    assert out == "route replica 1"
 
 
 async def test_exec_nonzero_exit_is_transient_with_output() -> None:
