@@ -1,0 +1,89 @@
+"""Metrics follow Prometheus conventions (checked by the real promtool) and reflect the state."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from agent import httpapi
+from agent.core.actions import UnitJob
+from agent.core.inputs import ActionCompleted, GoalsLoaded, ProbeResult, UnitObserved
+from agent.core.spec import GoalSet
+from agent.core.state import State
+from agent.core.step import step
+from agent.metrics import Metrics
+from tests.corekit import http_probe, routing_domain, service
+
+
+def sample_state() -> State:
+    goals = GoalSet(
+        services=(service("web", probes=("hz",)), service("db-primary")),
+        probes=(http_probe("hz"),),
+        domains=(routing_domain(),),
+    )
+    state, _ = step(State(), GoalsLoaded(goals, 0.0))
+    for inp in (
+        UnitObserved("web.service", "active", "running", 1.0),
+        UnitObserved("db-primary.service", "failed", "failed", 2.0),
+        ProbeResult("hz", True, 0.02, 3.0),
+    ):
+        state, _ = step(state, inp)
+    return state
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("promtool is missing under CI (make setup installs Debian's prometheus)")
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    return found
+
+
+def test_promtool_check_metrics_is_clean() -> None:
+    metrics = Metrics(sample_state, lambda: 10.0)
+    metrics.observe_probe(ProbeResult("hz", True, 0.02, 3.0))
+    metrics.observe_completion(
+        UnitJob(1, "web.service", "start", "web"), ActionCompleted(1, True, 4)
+    )
+    metrics.commit.observe(0.003)
+    text = metrics.render()
+    result = subprocess.run(
+        [promtool(), "check", "metrics"], input=text, capture_output=True, check=False
+    )
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert result.stdout.decode() + result.stderr.decode() == ""
+
+
+def test_series_reflect_the_state() -> None:
+    text = Metrics(sample_state, lambda: 10.0).render().decode()
+    assert 'setpoint_service_state{service="web",state="Running"} 1.0' in text
+    assert 'setpoint_service_state{service="web",state="Error"} 0.0' in text
+    assert 'setpoint_service_state{service="db-primary",state="Error"} 1.0' in text
+    assert 'setpoint_service_state_seconds{service="db-primary"} 8.0' in text
+    assert 'setpoint_probe_healthy{probe="hz"} 1.0' in text
+    assert 'setpoint_domain_goal_satisfied{domain="DatabaseRouting"} 0.0' in text
+    assert "setpoint_pending_actions 3.0" in text
+    assert 'setpoint_build_info{version="0.1.0"} 1.0' in text
+
+
+async def test_http_endpoint_serves_metrics_health_and_status() -> None:
+    state = sample_state()
+    alive = [True]
+    app = httpapi.app(Metrics(lambda: state), lambda: state, lambda: alive[0], lambda: 10.0)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/metrics")
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+        assert "setpoint_service_state" in await resp.text()
+        status = await (await client.get("/api/v1/status")).json()
+        assert status["services"]["db-primary"]["lifecycle"] == "Error"
+        assert status["domains"]["DatabaseRouting"]["satisfied"] is False
+        assert (await client.get("/healthz")).status == 200
+        alive[0] = False
+        assert (await client.get("/healthz")).status == 503
+        assert (await client.post("/metrics")).status == 405
+        assert (await client.get("/nope")).status == 404
