@@ -85,7 +85,7 @@ class Harness:
         return list(actions)
 
     def tracked(self, inp: Input) -> list[TrackedAction]:
-        return [a for a in self.feed(inp) if is_tracked(a)]  # type: ignore[misc]
+        return [a for a in self.feed(inp) if is_tracked(a)]
 
     def lifecycle(self, name: str) -> str:
         return self.state.services[name].lifecycle

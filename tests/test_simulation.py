@@ -165,8 +165,8 @@ def simulate(seed: int, steps: int) -> World:
             world.state, actions = step(before, inp)
             world.replica, _ = step(world.replica, codec.decode(codec.encode(inp)))
             new = [a for a in actions if is_tracked(a)]
-            world.outstanding.update((a.id, a) for a in new)  # type: ignore[union-attr]
-            check(world, before, inp, new)  # type: ignore[arg-type]
+            world.outstanding.update((a.id, a) for a in new)
+            check(world, before, inp, new)
         except AssertionError as err:
             raise AssertionError(f"seed {seed}, step {i}, input {inp}: {err}") from err
         if rng.random() < 0.01:

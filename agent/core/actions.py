@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from agent.core.spec import Effect, Severity
 
@@ -89,6 +89,6 @@ Action = TrackedAction | UntrackedAction
 TRACKED = (UnitJob, RunEffect, SendAlert)
 
 
-def is_tracked(action: Action) -> bool:
+def is_tracked(action: Action) -> TypeGuard[TrackedAction]:
     """True for actions whose result must come back as an input."""
     return isinstance(action, TRACKED)
