@@ -30,14 +30,14 @@ deb:
 	fi
 
 run: setup
-	$(BIN)/python -m agent.demo --state-dir $(STATE_DIR) --metrics-port $(METRICS_PORT)
+	$(BIN)/python deploy/demo/run.py --state-dir $(STATE_DIR) --metrics-port $(METRICS_PORT)
 
 test: setup
 	$(BIN)/pytest -q -x --durations=10
 
 check: $(STAMP)
-	$(BIN)/ruff check agent tests bench
-	$(BIN)/ruff format --check agent tests bench
+	$(BIN)/ruff check agent tests bench deploy
+	$(BIN)/ruff format --check agent tests bench deploy
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

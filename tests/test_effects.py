@@ -22,7 +22,8 @@ def exec_action(*argv: str, timeout: float = 10.0, target: str = "", **env: str)
 
 
 async def test_exec_captures_output_and_passes_env_and_target() -> None:
-    code = "import os, sys; print(os.environ['GREETING'], sys.argv[1], os.environ['SETPOINT_ACTION_ID'])"
+    code = "import os, sys; e = os.environ; "
+    code += "print(e['GREETING'], sys.argv[1], e['SETPOINT_ACTION_ID'])"
     out = await run_exec(
         exec_action(sys.executable, "-c", code, "{target}", target="replica", GREETING="route")
     )

@@ -1,0 +1,209 @@
+"""`setpoint run`: wire the journal, the runtime, the lanes and the observers, then serve.
+
+Every background task is named and lives in one TaskGroup: if one dies, the agent exits
+non-zero (systemd restarts it and `restore` picks up the pending work). SIGTERM/SIGINT stop
+intake, let in-flight effects finish up to a timeout, commit, snapshot and exit 0. SIGHUP
+reloads the goals; invalid goals are reported and the last good ones stay in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from aiohttp import web
+
+from agent import httpapi
+from agent.alerts import log_alert
+from agent.core.actions import TrackedAction, UnitJob
+from agent.core.inputs import GoalsLoaded, Input, ProbeResult, Tick
+from agent.core.spec import GoalSet
+from agent.core.state import State
+from agent.errors import ConfigError, PermanentError
+from agent.execution import run_exec
+from agent.goals import load_goals
+from agent.journal import Journal
+from agent.lanes import RetryPolicy
+from agent.metrics import Metrics
+from agent.probes import Prober
+from agent.runtime import Runtime
+from agent.systemd import SystemdAdapter
+
+log = logging.getLogger("setpoint")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `setpoint run` was asked to do."""
+
+    goals: tuple[Path, ...]
+    state_dir: Path
+    bus: Literal["system", "user", "none"] = "system"
+    tick: float = 1.0
+    shutdown_timeout: float = 30.0
+    resync_interval: float = 60.0
+    job_timeout: float = 90.0
+    http_host: str = "127.0.0.1"
+    http_port: int = 9477
+
+
+class Daemon:
+    """One running agent."""
+
+    def __init__(self, opts: Options, clock: Callable[[], float] = time.time) -> None:
+        self.opts = opts
+        self.clock = clock
+        self.runtime: Runtime | None = None
+        self.systemd: SystemdAdapter | None = None
+        self.prober: Prober | None = None
+        self.metrics: Metrics | None = None
+        self._stop = asyncio.Event()
+        self._resync = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Begin an orderly shutdown."""
+        self._stop.set()
+
+    async def serve(self) -> int:
+        """Run until stopped; the exit status."""
+        goals = await asyncio.to_thread(load_goals, self.opts.goals)
+        journal = await Journal.open(self.opts.state_dir)
+        try:
+            state, _ = await journal.load()
+            self.metrics = Metrics(lambda: self._state(state), self.clock)
+            rt = self.runtime = Runtime(
+                journal, state, clock=self.clock, on_resync=self._resync.set, metrics=self.metrics
+            )
+            self._wire_lanes(rt)
+            self._install_signals()
+            self._load(rt, goals)
+            pending = rt.restore()
+            runner = await self._serve_http(rt)
+            log.info("started: %d pending actions restored", pending)
+            try:
+                await self._supervise(rt)
+            finally:
+                await runner.cleanup()
+            await self._shutdown(rt, journal)
+        finally:
+            await journal.close()
+        return 0
+
+    def _state(self, initial: State) -> State:
+        return self.runtime.state if self.runtime is not None else initial
+
+    async def _serve_http(self, rt: Runtime) -> web.AppRunner:
+        assert self.metrics is not None
+        api = httpapi.app(self.metrics, lambda: rt.state, rt.alive, self.clock)
+        runner = await httpapi.serve(api, self.opts.http_host, self.opts.http_port)
+        log.info("metrics on http://%s:%d/metrics", self.opts.http_host, self.opts.http_port)
+        return runner
+
+    def _wire_lanes(self, rt: Runtime) -> None:
+        metrics = self.metrics
+        assert metrics is not None
+
+        def probe_result(inp: Input) -> None:
+            if isinstance(inp, ProbeResult):
+                metrics.observe_probe(inp)
+            rt.submit(inp)
+
+        self.prober = Prober(probe_result, clock=self.clock)
+        rt.lanes.register("exec", run_exec, RetryPolicy(attempts=3))
+        rt.lanes.register("alert", log_alert)
+        if self.opts.bus == "none":
+            return
+        self.systemd = SystemdAdapter(
+            bus=self.opts.bus,
+            on_input=rt.submit,
+            clock=self.clock,
+            resync_interval=self.opts.resync_interval,
+        )
+        adapter, timeout = self.systemd, self.opts.job_timeout
+
+        async def unit_job(action: TrackedAction) -> str:
+            if not isinstance(action, UnitJob):
+                raise PermanentError(f"action {action.id} is not a unit job")
+            return await adapter.run_job(action.unit, action.op, timeout)
+
+        rt.lanes.register("systemd", unit_job, RetryPolicy(attempts=3, initial=0.2))
+
+    def _load(self, rt: Runtime, goals: GoalSet) -> None:
+        rt.submit(GoalsLoaded(goals, self.clock()))
+        if self.metrics is not None:
+            self.metrics.observe_reload(True, self.clock())
+        if self.prober is not None:
+            self.prober.configure(goals.probes)
+        if self.systemd is not None:
+            self.systemd.watch(s.unit for s in goals.services)
+        self._resync.set()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+
+    async def reload(self) -> bool:
+        """Validate the goal files again; switch to them only when they are valid."""
+        try:
+            goals = await asyncio.to_thread(load_goals, self.opts.goals)
+        except ConfigError as err:
+            for problem in err.problems:
+                log.error("reload rejected, keeping the last good goals: %s", problem)
+            if self.metrics is not None:
+                self.metrics.observe_reload(False, self.clock())
+            return False
+        if self.runtime is not None:
+            self._load(self.runtime, goals)
+        log.info("goals reloaded (%s)", goals.digest[:12])
+        return True
+
+    async def _supervise(self, rt: Runtime) -> None:
+        async with asyncio.TaskGroup() as tg:
+            main = tg.create_task(rt.run(), name="runtime")
+            helpers = [tg.create_task(self._ticker(rt), name="ticker")]
+            if self.prober is not None:
+                helpers.append(tg.create_task(self.prober.run(), name="probes"))
+            if self.systemd is not None:
+                helpers.append(tg.create_task(self.systemd.run(), name="systemd"))
+                helpers.append(tg.create_task(self._resyncer(), name="resync"))
+            tg.create_task(self._stopper(rt, helpers), name="stopper")
+            await main
+
+    async def _stopper(self, rt: Runtime, helpers: list[asyncio.Task[None]]) -> None:
+        await self._stop.wait()
+        log.info("stopping: no new inputs; finishing in-flight effects")
+        for task in helpers:
+            task.cancel()
+        rt.stop()
+
+    async def _ticker(self, rt: Runtime) -> None:
+        while True:
+            await asyncio.sleep(self.opts.tick)
+            rt.submit(Tick(self.clock()))
+
+    async def _resyncer(self) -> None:
+        assert self.systemd is not None
+        while True:
+            await self._resync.wait()
+            self._resync.clear()
+            await self.systemd.resync()
+
+    async def _shutdown(self, rt: Runtime, journal: Journal) -> None:
+        finished = await rt.settle(self.opts.shutdown_timeout)
+        if not finished:
+            log.warning(
+                "%d effects still running; they stay pending for the next start", rt.lanes.busy
+            )
+            await rt.lanes.cancel()
+        if self.systemd is not None:
+            await self.systemd.close()
+        await journal.snapshot(rt.state)
+        log.info("stopped cleanly; %d actions pending", len(rt.state.pending))
