@@ -52,3 +52,4 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
