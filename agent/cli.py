@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from agent import __version__, logs
+from agent import __version__, control, logs
 from agent.core.actions import is_tracked
 from agent.core.inputs import GoalsLoaded, Tick
 from agent.core.state import State
@@ -67,6 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     hist.add_argument("--json", action="store_true")
 
     sub.add_parser("schema", help="JSON Schema of the goal files")
+
+    maint = sub.add_parser("maintenance", help="observe only, never act (whole agent or a service)")
+    maint.add_argument("mode", choices=["on", "off"])
+    maint.add_argument("service", nargs="?", default="")
+    _state_arg(maint)
+    reset = sub.add_parser("reset", help="clear a service's give-up and restart counters")
+    reset.add_argument("service", nargs="?", default="")
+    _state_arg(reset)
+    resync = sub.add_parser("resync", help="ask the agent for a full resync with systemd")
+    _state_arg(resync)
 
     journal = sub.add_parser("journal", help="journal maintenance")
     jsub = journal.add_subparsers(dest="journal_command", required=True, metavar="ACTION")
@@ -154,6 +164,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         case "schema":
             print(json.dumps(goals_schema(), indent=2))
             return 0
+        case "maintenance" | "reset" | "resync":
+            return asyncio.run(_command(args))
         case "plan":
             return asyncio.run(_plan(args))
         case "status":
@@ -196,6 +208,13 @@ def _validate(paths: Sequence[Path]) -> int:
         f"ok: {len(goals.services)} services, {len(goals.probes)} probes, "
         f"{len(goals.domains)} domains, {len(goals.groups)} groups, {len(goals.sinks)} sinks"
     )
+    return 0
+
+
+async def _command(args: argparse.Namespace) -> int:
+    name = f"maintenance_{args.mode}" if args.command == "maintenance" else args.command
+    reply = await control.send(args.state_dir, name, getattr(args, "service", ""))
+    print(f"accepted: {reply['accepted']} {reply.get('service', '')}".rstrip())
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from agent import httpapi
+from agent import control, httpapi
 from agent.alerts import log_alert
 from agent.core.actions import TrackedAction, UnitJob
 from agent.core.inputs import GoalsLoaded, Input, ProbeResult, Tick
@@ -85,10 +85,13 @@ class Daemon:
             self._load(rt, goals)
             pending = rt.restore()
             runner = await self._serve_http(rt)
+            commands = control.app(rt.submit, lambda: set(rt.state.services.keys()), self.clock)
+            control_runner = await control.serve(commands, self.opts.state_dir)
             log.info("started: %d pending actions restored", pending)
             try:
                 await self._supervise(rt)
             finally:
+                await control_runner.cleanup()
                 await runner.cleanup()
             await self._shutdown(rt, journal)
         finally:

@@ -4,10 +4,14 @@ single-instance locking, shutdown, reload and bad input."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from pathlib import Path
 
+import pytest
+
+from agent import control
 from agent.core.actions import TrackedAction
 from agent.core.inputs import GoalsLoaded, Tick
 from agent.core.spec import DomainSpec, Effect, GoalSet, StateVar, Transition
@@ -182,3 +186,36 @@ def test_history_filters_by_service_and_time(tmp_path: Path) -> None:
     assert not cli("history", "--service", "nothing", "--state-dir", str(state)).stdout.strip()
     future = str(time.time() + 3600)
     assert not cli("history", "--since", future, "--state-dir", str(state)).stdout.strip()
+
+
+def test_operator_commands_reach_the_agent_and_bad_ones_change_nothing(tmp_path: Path) -> None:
+    goals = write(tmp_path / "g.yaml", CHAIN.replace("SECONDS", "0"))
+    state = tmp_path / "state"
+    assert "no agent is running" in cli("resync", "--state-dir", str(state)).stderr
+    with AgentProcess(goals, state) as agent:
+        agent.wait_started()
+        result = cli("maintenance", "on", "--state-dir", str(state))
+        assert result.returncode == 0 and "accepted: maintenance_on" in result.stdout
+        wait_until(lambda: status(state)["maintenance"] is True, 10, "maintenance mode")
+        bad = cli("reset", "ghost", "--state-dir", str(state))
+        assert bad.returncode == 1 and "command refused: no service named 'ghost'" in bad.stderr
+        assert cli("maintenance", "off", "--state-dir", str(state)).returncode == 0
+        wait_until(lambda: status(state)["maintenance"] is False, 10, "maintenance off")
+        assert oct((state / "control.sock").stat().st_mode & 0o777) == "0o600"
+        assert agent.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{", "body is not JSON"),
+        (b"[]", "body must be a JSON object"),
+        (b'{"command": "reboot"}', "command must be one of maintenance_on, maintenance_off"),
+        (b'{"command": "reset", "service": "ghost"}', "no service named 'ghost'"),
+        (b'{"command": "reset", "force": true}', "unknown field(s): force"),
+        (b'{"command": "reset", "service": 3}', "no service named 3"),
+    ],
+)
+def test_command_parsing_rejects_bad_requests(body: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        control.parse(body, {"web"})
