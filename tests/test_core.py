@@ -293,3 +293,19 @@ def test_reload_keeps_state_and_a_changed_spec_clears_give_up() -> None:
         services=(service("a", restart=policy(limit=5, backoff_initial=0)),), digest="2"
     )
     assert jobs(h.load(fixed, 4)) == [("start", "a.service")]
+
+
+def test_domain_ignores_the_blind_spot_while_probes_decide() -> None:
+    h = Harness()
+    goals = GoalSet(
+        services=(service("db-primary", probes=("hz",)),),
+        probes=(http_probe("hz", failures=2),),
+        domains=(routing_domain(),),
+    )
+    h.load(goals)
+    assert effects(h.observe("db-primary.service", "active", "running", 1)) == []
+    assert effects(h.tracked(ProbeResult("hz", True, 0.01, 2))) == []
+    assert h.state.domains["DatabaseRouting"].satisfied
+    assert effects(h.tracked(ProbeResult("hz", False, 0.01, 3))) == []
+    failed = h.tracked(ProbeResult("hz", False, 0.01, 4))
+    assert effects(failed) == ["ExecuteFailover", "TriggerPagerDuty"]

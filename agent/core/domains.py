@@ -14,6 +14,7 @@ from immutables import Map
 from agent.core.actions import RunEffect
 from agent.core.draft import Draft, evolve
 from agent.core.expr import ExprError, evaluate, references
+from agent.core.lifecycle import UP
 from agent.core.spec import DomainSpec, Effect, Scalar, Transition
 from agent.core.state import DomainState, InFlight
 
@@ -21,7 +22,11 @@ MAX_ROUNDS = 16
 
 
 def facts(draft: Draft, spec: DomainSpec) -> dict[str, object] | None:
-    """The services and probes a domain's expressions name, as CEL maps; None until observed."""
+    """The services and probes a domain's expressions name, as CEL maps.
+
+    None while a named service is unobserved, or up with its probes' verdict still pending:
+    a domain acts on facts, not on the blind spot right after a start.
+    """
     services: dict[str, dict[str, object]] = {}
     probes: dict[str, dict[str, object]] = {}
     texts = [spec.goal, *(t.guard for t in spec.transitions), *(v.bind for v in spec.variables)]
@@ -29,7 +34,7 @@ def facts(draft: Draft, spec: DomainSpec) -> dict[str, object] | None:
         for kind, name in references(text):
             if kind == "services" and name in draft.services:
                 svc = draft.services[name]
-                if svc.active == "unknown":
+                if svc.active == "unknown" or (svc.active in UP and svc.health == "unknown"):
                     return None
                 services[name] = {
                     "state": svc.lifecycle,
