@@ -57,10 +57,14 @@ class Runtime:
         self._batch_max = batch_max
         self._changed = asyncio.Condition()
         self.metrics = metrics
+        self.tap: Callable[[Input], None] | None = None
+        """Sees every input as it is submitted (benchmarks and tests)."""
         self.progress = time.monotonic()
 
     def submit(self, inp: Input) -> None:
         """Queue an input; callable from any task on the loop."""
+        if self.tap is not None:
+            self.tap(inp)
         self.mailbox.put_nowait(inp)
 
     def restore(self) -> int:
