@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -69,7 +68,7 @@ async def reaction(mgr: SystemdUser, work: Path) -> dict[str, float]:
     daemon = Daemon(opts)
     probe = Probe()
     task = asyncio.create_task(daemon.serve())
-    while daemon.runtime is None or daemon.systemd is None:
+    while daemon.runtime is None or daemon.systemd is None:  # noqa: ASYNC110 - nothing to await
         await asyncio.sleep(0.01)
     rt, adapter = daemon.runtime, daemon.systemd
     rt.tap = probe.tap
@@ -197,4 +196,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
