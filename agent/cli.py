@@ -10,10 +10,11 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from agent import __version__, control, logs
-from agent.core.actions import is_tracked
-from agent.core.inputs import GoalsLoaded, Tick
+from agent.core.actions import TrackedAction, is_tracked
+from agent.core.inputs import GoalsLoaded, Input, Tick
 from agent.core.state import State
 from agent.core.step import step
 from agent.errors import ConfigError, SetpointError
@@ -21,6 +22,7 @@ from agent.goals import goals_schema, load_goals
 from agent.goals.durations import parse_duration
 from agent.journal import Journal
 from agent.report import describe, status_dict, status_text
+from agent.systemd import SystemdAdapter
 
 DEFAULT_GOALS = Path("/etc/setpoint/goals.d")
 DEFAULT_STATE = Path("/var/lib/setpoint")
@@ -53,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="what the agent would do now; nothing is executed")
     _goals_arg(plan)
     _state_arg(plan)
+    plan.add_argument(
+        "--bus",
+        choices=["system", "user", "none"],
+        default="system",
+        help="where to observe the units now (none: use what the journal last saw)",
+    )
 
     status = sub.add_parser("status", help="current state from the journal")
     _state_arg(status)
@@ -233,16 +241,42 @@ async def _plan(args: argparse.Namespace) -> int:
     goals = load_goals(_goal_paths(args))
     state = await _load_state(args.state_dir)
     now = time.time()
-    state, first = step(state, GoalsLoaded(goals, now))
-    state, second = step(state, Tick(now))
-    actions = [a for a in (*first, *second) if is_tracked(a)]
-    if not state.services or all(s.active == "unknown" for s in state.services.values()):
-        print("note: no observations journaled yet; services are planned from an unknown state")
-    if not actions:
-        print("nothing to do: every goal holds")
-    for action in actions:
-        print(describe(action))
+    inputs: list[Input] = [GoalsLoaded(goals, now)]
+    if args.bus != "none":
+        inputs += await _observe(args.bus, [s.unit for s in goals.services])
+    in_flight = len(state.pending)
+    planned: list[TrackedAction] = []
+    for inp in (*inputs, Tick(now)):
+        state, out = step(state, inp)
+        planned += [a for a in out if is_tracked(a)]
+    if in_flight:
+        print(f"note: {in_flight} actions already pending in the journal (see `setpoint status`)")
+    for name, svc in sorted(state.services.items()):
+        if svc.load in ("not-found", "masked"):
+            print(f"problem: service {name}: unit {state.index.services[name].unit} is {svc.load}")
+        elif svc.active == "unknown":
+            print(f"note: service {name}: not observed; nothing planned for it")
+    unseen = any(s.active == "unknown" for s in state.services.values())
+    idle = "nothing planned for what was observed" if unseen else "nothing to do: every goal holds"
+    print("\n".join(describe(a) for a in planned) or idle)
     return 0
+
+
+async def _observe(bus: Literal["system", "user"], units: list[str]) -> list[Input]:
+    """One resync of `units` from systemd; [] (with a note) when the bus is unreachable."""
+    seen: list[Input] = []
+    adapter = SystemdAdapter(seen.append, bus=bus)
+    adapter.watch(units)
+    task = asyncio.create_task(adapter.run(), name="plan-observe")
+    try:
+        async with asyncio.timeout(3):
+            await adapter.wait_ready()
+    except TimeoutError:
+        print(f"note: systemd ({bus} bus) not reachable; planning from journaled observations")
+    finally:
+        await adapter.close()
+        await task
+    return seen
 
 
 async def _status(args: argparse.Namespace) -> int:

@@ -167,3 +167,20 @@ def test_sigkilled_agent_completes_the_in_flight_job_once(mgr: SystemdUser, tmp_
         mgr.wait_for("sp-job.service", "active", 5)
         assert runs.read_text() == "x"  # started once, not twice
         assert again.stop() == 0
+
+
+def test_plan_shows_what_would_be_done_and_does_nothing(mgr: SystemdUser, tmp_path: Path) -> None:
+    mgr.write_unit("sp-plan.service", SLEEPER)
+    mgr.daemon_reload()
+    goals = goals_file(
+        tmp_path, "  planned: {unit: sp-plan.service}\n  gone: {unit: sp-nowhere.service}\n"
+    )
+    result = cli(
+        "plan", "--goals", str(goals), "--state-dir", str(tmp_path / "s"), "--bus", "user",
+        env=mgr.env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "systemd start sp-plan.service (service planned)" in result.stdout
+    assert "problem: service gone: unit sp-nowhere.service is not-found" in result.stdout
+    time.sleep(0.5)
+    assert mgr.active_state("sp-plan.service") == "inactive"
