@@ -1,0 +1,379 @@
+"""The systemd adapter against a real private `systemd --user` manager (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from agent.core.inputs import Input, UnitObserved
+from agent.errors import PermanentError, TransientError
+from agent.systemd import SystemdAdapter, unit_path
+from tests.sysmgr import SystemdUser, alive, running_manager
+
+SLEEPER = "[Service]\nExecStart=/bin/sleep infinity\n"
+
+
+class Recorder:
+    """Collects the adapter's inputs; lets a test wait for a matching observation."""
+
+    def __init__(self) -> None:
+        self.inputs: list[UnitObserved] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, inp: Input) -> None:
+        assert isinstance(inp, UnitObserved)
+        self.inputs.append(inp)
+        self._changed.set()
+
+    def of(self, unit: str, since: int = 0) -> list[UnitObserved]:
+        return [o for o in self.inputs[since:] if o.unit == unit]
+
+    def mark(self) -> int:
+        return len(self.inputs)
+
+    async def wait(
+        self,
+        unit: str,
+        pred: Callable[[UnitObserved], bool],
+        since: int = 0,
+        timeout: float = 10.0,
+    ) -> UnitObserved:
+        """The first observation of `unit` from index `since` on that satisfies `pred`."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for obs in self.of(unit, since):
+                    if pred(obs):
+                        return obs
+                self._changed.clear()
+                await self._changed.wait()
+
+
+def active(state: str, sub: str | None = None) -> Callable[[UnitObserved], bool]:
+    return lambda o: o.active == state and (sub is None or o.sub == sub)
+
+
+def new_unit(mgr: SystemdUser, stem: str, text: str | None = SLEEPER) -> str:
+    """A fresh unit name; with `text`, its unit file is written and the manager reloaded."""
+    name = f"{stem}-{secrets.token_hex(3)}.service"
+    if text is not None:
+        mgr.write_unit(name, text)
+        mgr.daemon_reload()
+    return name
+
+
+async def until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `pred` until it holds."""
+    async with asyncio.timeout(timeout):
+        while not pred():  # noqa: ASYNC110 - polling adapter attributes is the point
+            await asyncio.sleep(0.02)
+
+
+async def ctl(mgr: SystemdUser, *args: str) -> None:
+    """`systemctl --user ARGS` off the event loop, failing loudly."""
+    out = await asyncio.to_thread(mgr.systemctl, *args)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.fixture
+async def adapter(systemd_user: SystemdUser) -> AsyncIterator[tuple[SystemdAdapter, Recorder]]:
+    rec = Recorder()
+    ad = SystemdAdapter(rec, bus="user", bus_address=systemd_user.bus_address)
+    task = asyncio.create_task(ad.run(), name="systemd-adapter")
+    await asyncio.wait_for(ad.wait_ready(), 10)
+    yield ad, rec
+    await ad.close()
+    await asyncio.wait_for(task, 5)
+
+
+# -- pure -----------------------------------------------------------------------------------
+
+
+def test_unit_path_escapes_like_systemd() -> None:
+    prefix = "/org/freedesktop/systemd1/unit/"
+    assert unit_path("dbus.service") == prefix + "dbus_2eservice"
+    assert unit_path("web-1@a:b.service") == prefix + "web_2d1_40a_3ab_2eservice"
+    assert unit_path("2x.service") == prefix + "_32x_2eservice"
+    assert unit_path("-.slice") == prefix + "_2d_2eslice"
+    assert unit_path("é.service") == prefix + "_c3_a9_2eservice"
+    assert unit_path("") == prefix + "_"
+
+
+async def test_run_job_without_a_connection_is_transient() -> None:
+    ad = SystemdAdapter(lambda _: None, bus="user", bus_address="unix:path=/nonexistent/bus")
+    with pytest.raises(TransientError, match=r"start web\.service"):
+        await ad.run_job("web.service", "start", timeout=0.2)
+
+
+async def test_user_bus_without_an_address_is_permanent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    ad = SystemdAdapter(lambda _: None, bus="user")
+    with pytest.raises(PermanentError, match="DBUS_SESSION_BUS_ADDRESS"):
+        await asyncio.wait_for(ad.run(), 5)
+
+
+# -- against the real manager ---------------------------------------------------------------
+
+
+@pytest.mark.systemd
+def test_unit_path_matches_the_manager(systemd_user: SystemdUser) -> None:
+    argv = ["--user", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1"]
+    argv += ["org.freedesktop.systemd1.Manager", "LoadUnit", "s"]
+    for name in ("web-1.service", "2x.service", "a_b@c.service", "x:y\\x2d.socket"):
+        out = subprocess.run(
+            ["busctl", *argv, name],
+            env=systemd_user.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split()[1].strip('"') == unit_path(name)
+
+
+@pytest.mark.systemd
+async def test_observes_start_and_kill(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+) -> None:
+    ad, rec = adapter
+    unit = await asyncio.to_thread(new_unit, systemd_user, "obs")
+    ad.watch([unit])
+    first = await rec.wait(unit, lambda o: True)
+    assert (first.active, first.sub, first.load) == ("inactive", "dead", "loaded")
+
+    await ctl(systemd_user, "start", unit)
+    up = await rec.wait(unit, active("active", "running"))
+    assert up.main_pid == await asyncio.to_thread(systemd_user.main_pid, unit) > 0
+
+    mark = rec.mark()
+    killed_at = time.monotonic()
+    os.kill(up.main_pid, signal.SIGKILL)
+    down = await rec.wait(unit, lambda o: o.active in ("failed", "inactive"), since=mark)
+    latency = time.monotonic() - killed_at
+    print(f"\nkill -9 -> UnitObserved({down.active}/{down.sub}) in {latency * 1000:.1f} ms")
+    assert (down.active, down.result, down.main_pid) == ("failed", "signal", 0)
+    assert latency < 5
+
+
+@pytest.mark.systemd
+async def test_restarts_are_counted(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+) -> None:
+    ad, rec = adapter
+    text = "[Service]\nExecStart=/bin/sleep infinity\nRestart=always\nRestartSec=100ms\n"
+    unit = await asyncio.to_thread(new_unit, systemd_user, "restarts", text)
+    ad.watch([unit])
+    await ctl(systemd_user, "start", unit)
+    up = await rec.wait(unit, active("active", "running"))
+    assert up.n_restarts == 0
+    os.kill(up.main_pid, signal.SIGKILL)
+    again = await rec.wait(unit, lambda o: o.n_restarts == 1 and o.active == "active")
+    assert again.main_pid not in (0, up.main_pid)
+    assert any(o.sub == "auto-restart" for o in rec.of(unit))
+    await ctl(systemd_user, "stop", unit)
+
+
+@pytest.mark.systemd
+async def test_observations_are_complete_and_not_repeated(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+) -> None:
+    ad, rec = adapter
+    unit = await asyncio.to_thread(new_unit, systemd_user, "dedup")
+    ad.watch([unit])
+    await ctl(systemd_user, "start", unit)
+    await rec.wait(unit, active("active", "running"))
+    await asyncio.sleep(0.3)
+    seen = rec.of(unit)
+    keys = [(o.active, o.sub, o.load, o.result, o.main_pid, o.n_restarts) for o in seen]
+    assert all(k1 != k2 for k1, k2 in itertools.pairwise(keys)), keys
+    assert all(o.load == "loaded" for o in seen)
+
+    mark = rec.mark()
+    await ad.resync()  # an explicit resync reports every watched unit, changed or not
+    again = rec.of(unit, mark)
+    assert [(o.active, o.sub) for o in again] == [("active", "running")]
+    await ctl(systemd_user, "stop", unit)
+
+
+@pytest.mark.systemd
+async def test_run_job_start_restart_stop(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+) -> None:
+    ad, rec = adapter
+    unit = await asyncio.to_thread(new_unit, systemd_user, "job")
+    ad.watch([unit])
+
+    assert await ad.run_job(unit, "start", timeout=10) == "done"
+    assert await asyncio.to_thread(systemd_user.active_state, unit) == "active"
+    up = await rec.wait(unit, active("active", "running"))
+
+    assert await ad.run_job(unit, "restart", timeout=10) == "done"
+    again = await rec.wait(unit, lambda o: o.active == "active" and o.main_pid != up.main_pid)
+    assert again.main_pid == await asyncio.to_thread(systemd_user.main_pid, unit)
+
+    assert await ad.run_job(unit, "stop", timeout=10) == "done"
+    assert await asyncio.to_thread(systemd_user.active_state, unit) == "inactive"
+    await rec.wait(unit, active("inactive", "dead"))
+    assert await ad.run_job(unit, "stop", timeout=10) == "done"  # stopping again is a no-op
+
+
+@pytest.mark.systemd
+async def test_back_to_back_jobs_all_complete(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+) -> None:
+    """JobRemoved is often read before the StartUnit reply resumes the caller (seen ~6%)."""
+    ad, _ = adapter
+    units = [await asyncio.to_thread(new_unit, systemd_user, f"burst{i}") for i in range(5)]
+    for _ in range(10):
+        for op in ("start", "stop"):
+            results = await asyncio.gather(*(ad.run_job(u, op, timeout=5) for u in units))
+            assert results == ["done"] * len(units)
+
+
+@pytest.mark.systemd
+async def test_run_job_errors(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+) -> None:
+    ad, _ = adapter
+    missing = new_unit(systemd_user, "missing", text=None)
+    for op in ("start", "stop", "restart"):
+        with pytest.raises(PermanentError, match=rf"{op} {missing}: .*(not found|not loaded)"):
+            await ad.run_job(missing, op, timeout=10)
+
+    masked = new_unit(systemd_user, "masked", text=None)
+    await ctl(systemd_user, "mask", masked)
+    with pytest.raises(PermanentError, match=rf"start {masked}: .*UnitMasked"):
+        await ad.run_job(masked, "start", timeout=10)
+
+    with pytest.raises(PermanentError, match=r"start no-suffix: .*InvalidArgs"):
+        await ad.run_job("no-suffix", "start", timeout=10)
+
+    failing = await asyncio.to_thread(
+        new_unit, systemd_user, "fails", "[Service]\nType=oneshot\nExecStart=/bin/false\n"
+    )
+    with pytest.raises(TransientError, match=rf"start {failing}: .*'failed'"):
+        await ad.run_job(failing, "start", timeout=10)
+
+
+@pytest.mark.systemd
+async def test_resync_reports_not_found_and_masked(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+) -> None:
+    ad, rec = adapter
+    missing = new_unit(systemd_user, "gone", text=None)
+    masked = new_unit(systemd_user, "hidden", text=None)
+    await ctl(systemd_user, "mask", masked)
+    ad.watch([missing, masked, "not a unit name"])
+    gone = await rec.wait(missing, lambda o: True)
+    assert (gone.load, gone.active, gone.sub) == ("not-found", "inactive", "dead")
+    hidden = await rec.wait(masked, lambda o: True)
+    assert (hidden.load, hidden.active) == ("masked", "inactive")
+    invalid = await rec.wait("not a unit name", lambda o: True)
+    assert (invalid.load, invalid.active) == ("not-found", "inactive")
+
+
+@pytest.mark.systemd
+async def test_daemon_reload_resyncs_and_signals_keep_coming(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+) -> None:
+    ad, rec = adapter
+    steady = await asyncio.to_thread(new_unit, systemd_user, "steady")
+    late = new_unit(systemd_user, "late", text=None)
+    ad.watch([steady, late])
+    await rec.wait(late, lambda o: o.load == "not-found")
+    await rec.wait(steady, lambda o: o.load == "loaded")
+
+    mark = rec.mark()
+    systemd_user.write_unit(late, SLEEPER)
+    await ctl(systemd_user, "daemon-reload")
+    loaded = await rec.wait(late, lambda o: o.load == "loaded", since=mark)
+    assert (loaded.active, loaded.sub) == ("inactive", "dead")
+    assert not rec.of(steady, mark), "an unchanged unit is not reported again"
+
+    await ctl(systemd_user, "start", late)
+    await rec.wait(late, active("active", "running"), since=mark)
+    await ctl(systemd_user, "stop", late)
+    await rec.wait(late, active("inactive"), since=mark)
+
+
+@pytest.mark.systemd
+async def test_daemon_reexec_resubscribes(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+) -> None:
+    ad, rec = adapter
+    unit = await asyncio.to_thread(new_unit, systemd_user, "reexec")
+    ad.watch([unit])
+    await rec.wait(unit, lambda o: True)
+    generation = ad.generation
+
+    await ctl(systemd_user, "daemon-reexec")
+    await until(lambda: ad.generation > generation)
+
+    mark = rec.mark()
+    await ctl(systemd_user, "start", unit)
+    up = await rec.wait(unit, active("active", "running"), since=mark)
+    assert up.main_pid > 0
+    assert await ad.run_job(unit, "stop", timeout=10) == "done"
+    await rec.wait(unit, active("inactive"), since=mark)
+
+
+@pytest.mark.systemd
+async def test_reconnects_when_the_bus_goes_away(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+) -> None:
+    ad, rec = adapter
+    unit = await asyncio.to_thread(new_unit, systemd_user, "rebus")
+    ad.watch([unit])
+    await rec.wait(unit, lambda o: True)
+    generation = ad.generation
+
+    await ctl(systemd_user, "restart", "dbus.service")  # drops every bus connection
+    await until(lambda: ad.generation > generation and ad.connected, timeout=15)
+
+    mark = rec.mark()
+    await ctl(systemd_user, "start", unit)
+    await rec.wait(unit, active("active", "running"), since=mark)
+    assert await ad.run_job(unit, "stop", timeout=10) == "done"
+
+
+@pytest.mark.systemd
+async def test_user_bus_address_from_the_environment(
+    systemd_user: SystemdUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", systemd_user.bus_address)
+    rec = Recorder()
+    ad = SystemdAdapter(rec, bus="user", clock=lambda: 1234.5)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(ad.run(), name="systemd-adapter")
+        ad.watch(["dbus.socket"])
+        await asyncio.wait_for(ad.wait_ready(), 10)
+        sock = await rec.wait("dbus.socket", lambda o: True)
+        assert (sock.load, sock.active, sock.at) == ("loaded", "active", 1234.5)
+        await ad.close()
+    assert task.done()
+
+
+@pytest.mark.systemd
+def test_stop_leaves_no_process_behind() -> None:
+    straggler = "[Service]\nKillMode=process\nExecStart=/bin/sh -c 'sleep 600 & exec sleep 601'\n"
+    with running_manager() as mgr:
+        mgr.write_unit("straggler.service", straggler)
+        mgr.daemon_reload()
+        mgr.systemctl("start", "straggler.service", check=True)
+        mgr.wait_for("straggler.service", "active")
+        procs = mgr.processes()
+        assert len(procs) >= 4  # the manager, dbus-daemon, sleep 601 and its sleep 600
+        root = mgr.root
+        cgroups = mgr.cgroup_dirs()
+    assert mgr.stopped
+    assert not [p for p in procs if alive(p)]
+    assert not root.exists()
+    assert not [c for c in cgroups if c.exists()]
