@@ -263,7 +263,7 @@ class SystemdAdapter:
             return
         try:
             await self._resync(self._bus, force=True)
-        except TransientError as err:
+        except (TransientError, _ReplyError) as err:
             log.warning("systemd resync failed, will retry: %s", err)
             self._request(full=True)
 
@@ -305,8 +305,13 @@ class SystemdAdapter:
                     delay = min(delay * 2, self._backoff_max)
                     continue
                 delay = _BACKOFF_MIN
+                if self._closed:  # close() came while connecting
+                    bus.disconnect()
+                    break
                 await self._serve(bus)
         finally:
+            if self._bus is not None:  # cancelled rather than closed
+                self._bus.disconnect()
             self._drop_connection(TransientError("systemd adapter stopped"))
 
     async def close(self) -> None:
@@ -386,7 +391,8 @@ class SystemdAdapter:
     async def _wait_disconnect(self, bus: MessageBus) -> None:
         """Return when the connection has ended, for whatever reason."""
         try:
-            await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+            # shield: cancelling run() must not cancel dbus-fast's own disconnect future
+            await asyncio.shield(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
         # The connection is gone either way; the exception only reports why, and any cause
         # leads to the same reconnect. This is not a retry decision about an effect.
         except Exception as err:

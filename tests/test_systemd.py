@@ -377,3 +377,18 @@ def test_stop_leaves_no_process_behind() -> None:
     assert not [p for p in procs if alive(p)]
     assert not root.exists()
     assert not [c for c in cgroups if c.exists()]
+
+
+@pytest.mark.systemd
+async def test_cancelling_run_disconnects(systemd_user: SystemdUser) -> None:
+    ad = SystemdAdapter(lambda _: None, bus="user", bus_address=systemd_user.bus_address)
+    task = asyncio.create_task(ad.run(), name="systemd-adapter")
+    await asyncio.wait_for(ad.wait_ready(), 10)
+    bus = ad._bus
+    assert bus is not None and bus.connected
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not ad.connected
+    await until(lambda: not bus.connected, timeout=5)
+    assert await asyncio.wait_for(bus.wait_for_disconnect(), 1) is None  # type: ignore[no-untyped-call]
