@@ -8,8 +8,10 @@
 
 The runtime commits a batch of entries in ONE transaction and dispatches actions only after
 `commit` returns (write-ahead; with synchronous=FULL the WAL is fsynced first). `load` takes the
-newest sound snapshot and replays the entries after it through `step`; `verify` replays from the
-oldest snapshot and compares every recorded digest and snapshot.
+newest sound snapshot and replays the entries after it through `step`; `verify` replays from
+genesis (or the oldest snapshot once older entries are pruned) and compares every recorded digest
+and snapshot. Retention: beyond `keep_snapshots` snapshots the oldest go, and with them the
+entries up to the oldest snapshot kept, so the file stays bounded.
 
 A new journal is built under a temporary name and renamed into place, so an existing journal.db
 is always one this code finished creating; anything else there (garbage, a truncated file,
@@ -379,20 +381,23 @@ class Journal:
             self._snap_seq, self._state = self._seq, state
 
     async def _write_snapshot(self, seq: int, state: State) -> None:
-        """Insert a snapshot, then keep the newest `keep_snapshots` and the entries after the
-        oldest of them. Inside the caller's transaction."""
+        """Insert a snapshot; once there are more than `keep_snapshots`, drop the oldest and the
+        entries up to the oldest one kept (until then history reaches back to genesis).
+        Inside the caller's transaction."""
         text = codec.encode(state)
         db = self._conn
         await db.execute(
             "INSERT OR REPLACE INTO snapshots (seq, taken, digest, state) VALUES (?, ?, ?, ?)",
             (seq, time.time(), hashlib.sha256(text).hexdigest(), text.decode("ascii")),
         )
-        await db.execute(
+        async with db.execute(
             "DELETE FROM snapshots WHERE seq < "
             "(SELECT seq FROM snapshots ORDER BY seq DESC LIMIT 1 OFFSET ?)",
             (self._keep - 1,),
-        )
-        await db.execute("DELETE FROM entries WHERE seq <= (SELECT min(seq) FROM snapshots)")
+        ) as cursor:
+            dropped = cursor.rowcount
+        if dropped > 0:
+            await db.execute("DELETE FROM entries WHERE seq <= (SELECT min(seq) FROM snapshots)")
 
     def _rows(self, entries: list[Entry], state: State) -> list[tuple[Any, ...]]:
         """Encoded rows; the last one carries the digest of `state`."""
@@ -459,11 +464,15 @@ class _Verifier:
                 snaps[seq] = _read_snapshot(text, recorded)
             except JournalCorrupt as err:
                 self.problems.append(f"snapshot {seq}: {err}")
-        if rows and rows[0][0] not in snaps:
+        first = await self.j._scalar("SELECT min(seq) FROM entries")
+        start = 0 if first == 1 or not rows else rows[0][0]  # genesis when history reaches it
+        if start and start not in snaps:
             self.problems.append("the oldest snapshot is unusable; nothing to replay from")
             return self.problems
-        start = rows[0][0] if rows else 0
-        await self._replay(start, snaps.get(start, State()), snaps)
+        state = snaps.get(start, State()) if start else State()
+        if start in snaps and snaps[start] != state:
+            self.problems.append(f"snapshot {start}: differs from the initial state")
+        await self._replay(start, state, snaps)
         return self.problems
 
     async def _replay(self, seq: int, state: State, snaps: dict[int, State]) -> None:

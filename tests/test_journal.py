@@ -146,7 +146,20 @@ async def test_shutdown_snapshot_leaves_nothing_to_replay(tmp_path: Path, journa
     await journal.close()
     async with await Journal.open(tmp_path, step=counting) as j:
         assert await j.load() == (state, 7)
+        assert len(await j.history()) == 7  # one snapshot: history still reaches genesis
     assert calls == []
+
+
+async def test_entries_are_pruned_only_beyond_keep_snapshots(tmp_path: Path) -> None:
+    async with await Journal.open(tmp_path, keep_snapshots=2, step=fake_step) as j:
+        state = State()
+        for k in range(3):
+            state = await run(j, state, observations(3, t0=k * 10.0))
+            await j.snapshot(state)
+            counts = sql(tmp_path, "SELECT count(*), min(seq) FROM entries")[0]
+            assert counts == [(3, 1), (6, 1), (3, 7)][k]
+        assert sql(tmp_path, "SELECT seq FROM snapshots") == [(6,), (9,)]
+        assert await j.verify() == []
 
 
 async def test_retention_bounds_the_file(tmp_path: Path) -> None:
