@@ -18,14 +18,14 @@ import pytest
 
 from tests.agentproc import AgentProcess, cli, journal_rows, status
 
-STAGES = 12
+STAGES = 16
 EFFECT = """
 import os, sys, time, random
 out = sys.argv[1]
 action = os.environ["SETPOINT_ACTION_ID"]
 with open(os.path.join(out, "runs.log"), "a") as f:
     f.write(action + "\\n")
-time.sleep(random.uniform(0.05, 0.25))
+time.sleep(random.uniform(0.1, 0.3))
 marker = os.path.join(out, "done-" + sys.argv[2])
 if not os.path.exists(marker):
     tmp = marker + ".tmp" + action
@@ -74,7 +74,7 @@ def test_sigkill_at_random_points_loses_nothing_and_repeats_nothing(tmp_path: Pa
         assert time.monotonic() < deadline, "the chain did not finish"
         with AgentProcess(goals, state, bus="none") as agent:
             agent.wait_started()
-            time.sleep(rng.uniform(0.05, 0.6))
+            time.sleep(rng.uniform(0.1, 0.5))
             if _chain_finished(state):
                 agent.stop()
                 break
