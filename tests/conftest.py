@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 
 import pytest
+from blockbuster import blockbuster_ctx
 
 from tests.sysmgr import SystemdUser, start_or_skip
 
@@ -15,3 +17,13 @@ def systemd_user() -> Iterator[SystemdUser]:
     mgr = start_or_skip()
     yield mgr
     mgr.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_calls(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Async tests run under blockbuster: a blocking call on the event loop fails the test."""
+    if not inspect.iscoroutinefunction(request.function):
+        yield
+        return
+    with blockbuster_ctx("agent"):
+        yield
