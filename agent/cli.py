@@ -159,8 +159,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SetpointError as err:
         print(f"setpoint: {err}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:  # a supervised task of `run` failed
+        leaves = _leaves(group)
+        if not all(isinstance(leaf, SetpointError) for leaf in leaves):
+            raise
+        for leaf in leaves:
+            print(f"setpoint: {leaf}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The non-group exceptions inside a (nested) exception group."""
+    found: list[BaseException] = []
+    for err in group.exceptions:
+        found += _leaves(err) if isinstance(err, BaseExceptionGroup) else [err]
+    return found
 
 
 def _dispatch(args: argparse.Namespace) -> int:

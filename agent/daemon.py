@@ -65,6 +65,7 @@ class Daemon:
         self.metrics: Metrics | None = None
         self._stop = asyncio.Event()
         self._resync = asyncio.Event()
+        self._reload = asyncio.Event()
 
     def request_stop(self) -> None:
         """Begin an orderly shutdown."""
@@ -151,7 +152,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
 
     async def reload(self) -> bool:
         """Validate the goal files again; switch to them only when they are valid."""
@@ -171,7 +172,10 @@ class Daemon:
     async def _supervise(self, rt: Runtime) -> None:
         async with asyncio.TaskGroup() as tg:
             main = tg.create_task(rt.run(), name="runtime")
-            helpers = [tg.create_task(self._ticker(rt), name="ticker")]
+            helpers = [
+                tg.create_task(self._ticker(rt), name="ticker"),
+                tg.create_task(self._reloader(), name="reload"),
+            ]
             if self.prober is not None:
                 helpers.append(tg.create_task(self.prober.run(), name="probes"))
             if self.systemd is not None:
@@ -191,6 +195,12 @@ class Daemon:
         while True:
             await asyncio.sleep(self.opts.tick)
             rt.submit(Tick(self.clock()))
+
+    async def _reloader(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            await self.reload()
 
     async def _resyncer(self) -> None:
         assert self.systemd is not None

@@ -113,6 +113,9 @@ class Lanes:
                 self._report(action, False, str(err), permanent=True)
             except TransientError as err:
                 self._report(action, False, f"gave up after retries: {err}", permanent=False)
+            except Exception as err:  # a bug in an executor: report it, never die silently
+                log.exception("action %d on lane %s crashed", action.id, action.lane)
+                self._report(action, False, f"internal error: {err!r}", permanent=True)
             else:
                 self._report(action, True, detail, permanent=False)
 

@@ -172,3 +172,16 @@ async def test_concurrency_is_bounded_per_lane() -> None:
     assert [r.action_id for r in rec.results] == [3]
     gate.set()
     await rec.wait(3)
+
+
+async def test_a_crashing_executor_is_reported_not_lost() -> None:
+    rec = Recorder()
+
+    async def buggy(action: TrackedAction) -> str:
+        raise KeyError("oops")
+
+    lanes = Lanes(rec.submit, time.time)
+    lanes.register("alert", buggy, FAST)
+    lanes.dispatch(alert(9))
+    await rec.wait(1)
+    assert rec.results[0].permanent and rec.results[0].detail == "internal error: KeyError('oops')"
