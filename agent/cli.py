@@ -17,7 +17,7 @@ from agent.core.actions import TrackedAction, is_tracked
 from agent.core.inputs import GoalsLoaded, Input, Tick
 from agent.core.state import State
 from agent.core.step import step
-from agent.errors import ConfigError, SetpointError
+from agent.errors import ConfigError, JournalError, SetpointError
 from agent.goals import goals_schema, load_goals
 from agent.goals.durations import parse_duration
 from agent.journal import Journal
@@ -242,8 +242,12 @@ async def _command(args: argparse.Namespace) -> int:
 
 
 async def _load_state(state_dir: Path) -> State:
-    if not (state_dir / "journal.db").exists():
-        return State()
+    path = state_dir / "journal.db"
+    try:
+        if not path.exists():
+            return State()
+    except OSError as err:
+        raise JournalError(f"{path}: {err.strerror}") from None
     journal = await Journal.open(state_dir, readonly=True)
     try:
         state, _ = await journal.load()

@@ -21,6 +21,7 @@ from agent.core.spec import GoalSet
 from agent.core.state import ServiceState, State
 from agent.errors import JournalCorrupt, JournalError, JournalLocked
 from agent.journal import Entry, Journal, StepFn
+from tests.agentproc import ROOT
 from tests.corekit import service
 
 
@@ -360,13 +361,23 @@ async def test_future_schema_is_refused(tmp_path: Path) -> None:
     await _refused(tmp_path, "journal.db has schema version 99; this setpoint knows up to 1")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 async def test_unreadable_file_is_an_error(tmp_path: Path) -> None:
     async with await Journal.open(tmp_path):
         pass
     (tmp_path / "journal.db").chmod(0)
-    with pytest.raises(JournalError, match=r"journal\.db"):
-        await Journal.open(tmp_path)
+    if os.geteuid() != 0:
+        with pytest.raises(JournalError, match=r"journal\.db"):
+            await Journal.open(tmp_path)
+        return
+    # root reads any file: check as an unprivileged user instead, through the real CLI
+    argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+            sys.executable, "-m", "agent", "status", "--state-dir", str(tmp_path)]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 1, err
+    assert f"{tmp_path / 'journal.db'}" in err.decode() and "Traceback" not in err.decode()
 
 
 async def test_directory_is_created(tmp_path: Path) -> None:
