@@ -22,7 +22,7 @@ from aiohttp import web
 from agent import control, httpapi
 from agent.alerts import log_alert
 from agent.core.actions import TrackedAction, UnitJob
-from agent.core.inputs import GoalsLoaded, Input, ProbeResult, Tick
+from agent.core.inputs import GoalsLoaded, GoalsRejected, Input, ProbeResult, Tick
 from agent.core.spec import GoalSet
 from agent.core.state import State
 from agent.errors import ConfigError, PermanentError
@@ -163,6 +163,9 @@ class Daemon:
                 log.error("reload rejected, keeping the last good goals: %s", problem)
             if self.metrics is not None:
                 self.metrics.observe_reload(False, self.clock())
+            if self.runtime is not None:
+                problems = tuple(str(p) for p in err.problems)
+                self.runtime.submit(GoalsRejected(problems, self.clock()))
             return False
         if self.runtime is not None:
             self._load(self.runtime, goals)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from agent.core.actions import Log, Resync, UnitJob
-from agent.core.inputs import ActionCompleted, OperatorCommand, ProbeResult, Tick, UnitObserved
+from agent.core.actions import Log, Resync, SendAlert, TrackedAction, UnitJob
+from agent.core.inputs import (
+    ActionCompleted,
+    GoalsRejected,
+    OperatorCommand,
+    ProbeResult,
+    Tick,
+    UnitObserved,
+)
 from agent.core.lifecycle import backoff, derive
-from agent.core.spec import GoalSet
+from agent.core.spec import AlertSink, AlertThresholds, GoalSet
 from agent.core.state import Health, Lifecycle
 from agent.core.step import restore, step
 from tests.corekit import Harness, effects, http_probe, jobs, policy, routing_domain, service
@@ -309,3 +318,85 @@ def test_domain_ignores_the_blind_spot_while_probes_decide() -> None:
     assert effects(h.tracked(ProbeResult("hz", False, 0.01, 3))) == []
     failed = h.tracked(ProbeResult("hz", False, 0.01, 4))
     assert effects(failed) == ["ExecuteFailover", "TriggerPagerDuty"]
+
+
+def alert_goals() -> GoalSet:
+    sinks = (
+        AlertSink("am", "alertmanager", url="http://am", repeat_interval=3600),
+        AlertSink("hook", "webhook", url="http://hook", repeat_interval=600),
+    )
+    return GoalSet(services=(service("web", desired="unmanaged"),), sinks=sinks)
+
+
+def sends(actions: list[TrackedAction]) -> list[tuple[str, str, bool]]:
+    return [(a.sink, a.alert.name, a.alert.firing) for a in actions if isinstance(a, SendAlert)]
+
+
+def test_error_alert_fires_after_threshold_and_resolves_on_every_sink() -> None:
+    h = Harness()
+    h.load(alert_goals())
+    h.observe("web.service", "failed", "failed", 100)
+    assert sends(h.tracked(Tick(399))) == []
+    fired = h.tracked(Tick(400))
+    assert sends(fired) == [("am", "ServiceError", True), ("hook", "ServiceError", True)]
+    am = next(a for a in fired if isinstance(a, SendAlert) and a.sink == "am")
+    assert am.alert.ends_at == 400 + 4 * 60  # re-sent every minute, expires if not
+    assert ("alertname", "ServiceError") in am.alert.labels
+    for action in fired:
+        h.feed(ActionCompleted(action.id, True, 401))
+    assert sends(h.tracked(Tick(459))) == []
+    reminder = h.tracked(Tick(461))
+    assert sends(reminder) == [("am", "ServiceError", True)]
+    h.observe("web.service", "active", "running", 500)
+    assert sends(h.tracked(Tick(500.5))) == [("hook", "ServiceError", False)]
+    h.feed(ActionCompleted(reminder[0].id, True, 500.6))  # the news follows the reminder
+    resolved = h.tracked(Tick(501))
+    assert sends(resolved) == [("am", "ServiceError", False)]
+    resolved += [a for a in h.state.pending.values() if isinstance(a, SendAlert)]
+    for action in resolved:
+        h.feed(ActionCompleted(action.id, True, 502))
+    assert "ServiceError:web" not in h.state.alerts  # delivered everywhere: forgotten
+
+
+def test_a_sink_that_is_down_gets_the_alert_later() -> None:
+    h = Harness()
+    h.load(alert_goals())
+    h.observe("web.service", "failed", "failed", 0)
+    fired = h.tracked(Tick(300))
+    hook = next(a for a in fired if isinstance(a, SendAlert) and a.sink == "hook")
+    h.feed(ActionCompleted(hook.id, False, 301, "connection refused"))
+    assert [s for s in sends(h.tracked(Tick(320))) if s[0] == "hook"] == []
+    assert [s for s in sends(h.tracked(Tick(332))) if s[0] == "hook"] == [
+        ("hook", "ServiceError", True)
+    ]
+
+
+def test_rejected_goals_raise_an_alert_until_good_goals_load() -> None:
+    h = Harness()
+    h.load(alert_goals())
+    out = h.tracked(GoalsRejected(("g.yaml:3:1: unknown key 'x'",), 5))
+    assert sends(out) == [("am", "GoalsInvalid", True), ("hook", "GoalsInvalid", True)]
+    assert "g.yaml:3:1" in out[0].alert.summary  # type: ignore[union-attr]
+    for action in out:
+        h.feed(ActionCompleted(action.id, True, 6))
+    again = replace(alert_goals(), digest="new")
+    assert sorted(sends(h.load(again, 7))) == [
+        ("am", "GoalsInvalid", False),
+        ("hook", "GoalsInvalid", False),
+    ]
+
+
+def test_restart_limit_and_thrashing_alerts() -> None:
+    h = Harness()
+    h.load(GoalSet(
+        services=(service("web", restart=policy(limit=2, backoff_initial=0),
+                          alerts=AlertThresholds(thrash_transitions=3)),),
+        sinks=(AlertSink("hook", "webhook", url="http://h"),),
+    ))  # fmt: skip
+    for at in (1.0, 2.0, 3.0):
+        h.observe("web.service", "failed", "failed", at)
+        h.observe("web.service", "active", "running", at + 0.5)
+        h.feed(ActionCompleted(h.state.services["web"].job or 0, True, at + 0.6))
+    h.observe("web.service", "failed", "failed", 4.0)
+    names = {s[1] for s in sends(h.tracked(Tick(5.0)))}
+    assert names == {"RestartLimitReached", "ServiceThrashing"}

@@ -19,13 +19,14 @@ from agent.core.actions import RunEffect, TrackedAction, UnitJob, is_tracked
 from agent.core.inputs import (
     ActionCompleted,
     GoalsLoaded,
+    GoalsRejected,
     Input,
     OperatorCommand,
     ProbeResult,
     Tick,
     UnitObserved,
 )
-from agent.core.spec import DomainSpec, Effect, GoalSet, StateVar, Transition
+from agent.core.spec import AlertSink, DomainSpec, Effect, GoalSet, StateVar, Transition
 from agent.core.state import State
 from agent.core.step import restore, step
 from tests.corekit import http_probe, policy, routing_domain, service
@@ -76,9 +77,11 @@ def goal_sets() -> list[GoalSet]:
         service("legacy", desired="unmanaged"),
     )
     probes = (http_probe("web-hz", failures=2, successes=2, start_period=1),)
+    sinks = (AlertSink("pager", "webhook", url="http://x", repeat_interval=20),)
     first = GoalSet(
-        services=base, probes=probes, domains=(routing_domain(), _counter_domain()), digest="a"
-    )
+        services=base, probes=probes, domains=(routing_domain(), _counter_domain()),
+        sinks=sinks, digest="a",
+    )  # fmt: skip
     changed = (*base[:3], service("worker", depends_on=("web",), restart=fast), service("extra"))
     second = GoalSet(services=changed, probes=probes, domains=(routing_domain(),), digest="b")
     return [first, second]
@@ -116,6 +119,8 @@ class World:
             return OperatorCommand(cmd, self.now, target)  # type: ignore[arg-type]
         if r < 0.81:
             return GoalsLoaded(self.rng.choice(self.goals), self.now)
+        if r < 0.815:
+            return GoalsRejected(("g.yaml:1:1: broken",), self.now)
         return Tick(self.now)
 
     def _completion(self) -> ActionCompleted:

@@ -23,6 +23,7 @@ class Draft:
         self.probes = state.probes
         self.domains = state.domains
         self.pending = state.pending
+        self.alerts = state.alerts
         self.next_id = state.next_id
         self.completed = state.completed
         self.maintenance = state.maintenance
@@ -67,6 +68,7 @@ class Draft:
             and self.probes is base.probes
             and self.domains is base.domains
             and self.pending is base.pending
+            and self.alerts is base.alerts
             and self.next_id == base.next_id
             and self.maintenance == base.maintenance
             and self.goals is base.goals
@@ -80,6 +82,7 @@ class Draft:
             probes=self.probes,
             domains=self.domains,
             pending=self.pending,
+            alerts=self.alerts,
             next_id=self.next_id,
             completed=self.completed,
             maintenance=self.maintenance,

@@ -70,7 +70,23 @@ class OperatorCommand:
     target: str = ""
 
 
-Input = GoalsLoaded | UnitObserved | ProbeResult | Tick | ActionCompleted | OperatorCommand
+@dataclass(frozen=True)
+class GoalsRejected:
+    """A reload found invalid goals; the last good ones stay in force."""
+
+    problems: tuple[str, ...]
+    at: float
+
+
+Input = (
+    GoalsLoaded
+    | GoalsRejected
+    | UnitObserved
+    | ProbeResult
+    | Tick
+    | ActionCompleted
+    | OperatorCommand
+)
 
 
 def input_time(inp: Input) -> float:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from immutables import Map
 
-from agent.core.actions import TrackedAction
+from agent.core.actions import Alert, TrackedAction
 from agent.core.spec import DomainSpec, GoalSet, ProbeSpec, Scalar, ServiceSpec, VarType
 
 Lifecycle = Literal["Stopped", "Starting", "Running", "Stopping", "Error", "Restarting"]
@@ -70,6 +70,22 @@ class DomainState:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """One sink's view of an alert: the SendAlert in flight, or when to send next (None: done)."""
+
+    action: int | None = None
+    due: float | None = None
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """An alert as last decided, and its delivery to each sink."""
+
+    alert: Alert
+    deliveries: Map[str, Delivery] = field(default_factory=Map)
+
+
+@dataclass(frozen=True)
 class Index:
     """Lookups derived from the goals once per load: a step touches only what an input affects."""
 
@@ -94,6 +110,7 @@ class State:
     probes: Map[str, ProbeState] = field(default_factory=Map)
     domains: Map[str, DomainState] = field(default_factory=Map)
     pending: Map[int, TrackedAction] = field(default_factory=Map)
+    alerts: Map[str, AlertState] = field(default_factory=Map)
     next_id: int = 1
     completed: int = 0
     maintenance: bool = False

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from immutables import Map
 
-from agent.core import domains, probes, services
-from agent.core.actions import Action, Resync, RunEffect, TrackedAction, UnitJob
+from agent.core import alerts, domains, probes, services
+from agent.core.actions import Action, Resync, RunEffect, SendAlert, TrackedAction, UnitJob
 from agent.core.draft import Draft, evolve
 from agent.core.expr import references
 from agent.core.inputs import (
     ActionCompleted,
     GoalsLoaded,
+    GoalsRejected,
     Input,
     OperatorCommand,
     ProbeResult,
@@ -44,6 +45,12 @@ def step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
             _command(draft, inp)
         case GoalsLoaded():
             _goals_loaded(draft, inp.goals, inp.at)
+            alerts.set_alert(draft, "GoalsInvalid", "goals", False, "warning", "", inp.at)
+            alerts.deliver(draft, inp.at)
+        case GoalsRejected():
+            summary = f"goal reload rejected: {inp.problems[0] if inp.problems else '?'}"
+            alerts.set_alert(draft, "GoalsInvalid", "goals", True, "warning", summary, inp.at)
+            alerts.deliver(draft, inp.at)
     return draft.finish(), tuple(draft.actions)
 
 
@@ -102,9 +109,13 @@ def _tick(draft: Draft, now: float) -> None:
     for name in draft.services:
         services.settle(draft, name, now)
         services.reconcile(draft, name, now)
+        alerts.service_rules(draft, name, draft.services[name], now)
     for name, dom in draft.domains.items():
         if not dom.satisfied:
             domains.evaluate_domain(draft, name, now)
+        if not dom.satisfied or f"GoalBroken:{name}" in draft.alerts:
+            alerts.domain_rule(draft, name, now)
+    alerts.deliver(draft, now)
 
 
 def _action_completed(draft: Draft, done: ActionCompleted) -> None:
@@ -120,6 +131,8 @@ def _action_completed(draft: Draft, done: ActionCompleted) -> None:
             old = draft.services[name]
             services.job_done(draft, name, done.ok, done.permanent, done.detail, done.at)
             _after_service_change(draft, name, old, done.at)
+    elif isinstance(action, SendAlert):
+        alerts.delivered(draft, action, done.ok, done.at)
     elif isinstance(action, RunEffect) and action.owner.startswith("domain:"):
         domains.effect_done(draft, action.owner[7:], action.reason, action.id, done.ok, done.at)
     if not done.ok:
