@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from agent.core.actions import Log, Resync, SendAlert, TrackedAction, UnitJob
+from agent.core.actions import Log, Resync, RunEffect, SendAlert, TrackedAction, UnitJob
 from agent.core.inputs import (
     ActionCompleted,
     GoalsRejected,
@@ -16,7 +16,7 @@ from agent.core.inputs import (
     UnitObserved,
 )
 from agent.core.lifecycle import backoff, derive
-from agent.core.spec import AlertSink, AlertThresholds, GoalSet
+from agent.core.spec import AlertSink, AlertThresholds, Effect, FailoverGroup, GoalSet, Member
 from agent.core.state import Health, Lifecycle
 from agent.core.step import restore, step
 from tests.corekit import Harness, effects, http_probe, jobs, policy, routing_domain, service
@@ -400,3 +400,76 @@ def test_restart_limit_and_thrashing_alerts() -> None:
     h.observe("web.service", "failed", "failed", 4.0)
     names = {s[1] for s in sends(h.tracked(Tick(5.0)))}
     assert names == {"RestartLimitReached", "ServiceThrashing"}
+
+
+def group_harness(switch_after: int = 2, auto_restore: bool = True) -> Harness:
+    h = Harness()
+    members = tuple(Member(m, probes=(f"{m}-hz",)) for m in ("primary", "replica", "standby"))
+    group = FailoverGroup(
+        "db", members, switch_after=switch_after, auto_restore=auto_restore,
+        effects=(Effect("file", path="/run/route"),),
+    )  # fmt: skip
+    probes = tuple(http_probe(f"{m.name}-hz", failures=1, latency_budget=0.5) for m in members)
+    h.load(GoalSet(probes=probes, groups=(group,)))
+    return h
+
+
+def route_targets(actions: list[TrackedAction]) -> list[str]:
+    return [a.target for a in actions if isinstance(a, RunEffect) and a.owner == "group:db"]
+
+
+def result(h: Harness, member: str, ok: bool, latency: float, at: float) -> list[TrackedAction]:
+    return h.tracked(ProbeResult(f"{member}-hz", ok, latency, at))
+
+
+def test_route_goes_to_the_preferred_member_then_fails_over_with_hysteresis() -> None:
+    h = group_harness(switch_after=2)
+    first = result(h, "primary", True, 0.1, 1)
+    assert route_targets(first) == ["primary"]
+    result(h, "replica", True, 0.05, 1)
+    result(h, "standby", True, 0.02, 1)
+    h.feed(ActionCompleted(first[0].id, True, 1.1))
+    assert result(h, "primary", False, 0.1, 2) == []  # 1st evaluation preferring standby
+    moved = result(h, "replica", True, 0.05, 3)  # 2nd: switch to the fastest good member
+    assert route_targets(moved) == ["standby"]
+    assert h.state.groups["db"].route == "standby" and "FailoverActive:db" in h.state.alerts
+    h.feed(ActionCompleted(moved[0].id, True, 3.1))
+    assert route_targets(result(h, "primary", True, 0.1, 4)) == []  # back, but one result only
+    back = result(h, "primary", True, 0.1, 5)
+    assert route_targets(back) == ["primary"]  # auto-restore after K consecutive
+    assert h.state.alerts["FailoverActive:db"].alert.firing is False
+
+
+def test_one_slow_answer_never_flaps_the_route() -> None:
+    h = group_harness(switch_after=3)
+    for member in ("primary", "replica", "standby"):
+        result(h, member, True, 0.1, 1)
+    h.feed(ActionCompleted(next(iter(h.state.pending)), True, 1.1))
+    assert result(h, "primary", True, 0.9, 2) == []  # over its 0.5 s budget once
+    assert result(h, "primary", True, 0.1, 3) == []
+    assert h.state.groups["db"].route == "primary" and h.state.groups["db"].streak == 0
+
+
+def test_all_members_down_keeps_the_route_and_alerts() -> None:
+    h = group_harness(switch_after=1)
+    for member in ("primary", "replica", "standby"):
+        result(h, member, True, 0.1, 1)
+    for member in ("replica", "standby", "primary"):
+        result(h, member, False, 0.1, 2)
+    assert h.state.groups["db"].route == "primary"
+    assert h.state.alerts["AllMembersDown:db"].alert.firing
+    assert h.state.alerts["AllMembersDown:db"].alert.severity == "critical"
+
+
+def test_route_effects_never_land_out_of_order() -> None:
+    h = group_harness(switch_after=1, auto_restore=False)
+    first = result(h, "primary", True, 0.1, 1)
+    assert route_targets(first) == ["primary"]  # in flight, not yet completed
+    result(h, "replica", True, 0.05, 1)
+    assert result(h, "primary", False, 0.1, 2) == []  # decided: replica; waits for the 1st round
+    assert h.state.groups["db"].route == "replica"
+    second = h.tracked(ActionCompleted(first[0].id, True, 2.5))
+    assert route_targets(second) == ["replica"]
+    failed = h.tracked(ActionCompleted(second[0].id, False, 3, "disk full"))
+    assert failed == [] and h.state.groups["db"].applied == "primary"
+    assert route_targets(h.tracked(Tick(8.1))) == ["replica"]  # retried after 5 s

@@ -510,7 +510,7 @@ def test_effects_are_single_key_mappings() -> None:
               - exec: {argv: [a], env: {BAD-NAME: x}}
         """
     assert bad(body) == [
-        "g.yaml:6:9: an effect needs exactly one of exec, alert, systemd, http, mqtt; "
+        "g.yaml:6:9: an effect needs exactly one of exec, alert, systemd, http, mqtt, file; "
         "found exec, mqtt",
         "g.yaml:7:9: unknown key 'shell'; expected one of: exec, alert, systemd, http, mqtt",
         "g.yaml:8:9: unknown key 'exce'; did you mean 'exec'?",

@@ -24,6 +24,7 @@ class Draft:
         self.domains = state.domains
         self.pending = state.pending
         self.alerts = state.alerts
+        self.groups = state.groups
         self.next_id = state.next_id
         self.completed = state.completed
         self.maintenance = state.maintenance
@@ -69,6 +70,7 @@ class Draft:
             and self.domains is base.domains
             and self.pending is base.pending
             and self.alerts is base.alerts
+            and self.groups is base.groups
             and self.next_id == base.next_id
             and self.maintenance == base.maintenance
             and self.goals is base.goals
@@ -83,6 +85,7 @@ class Draft:
             domains=self.domains,
             pending=self.pending,
             alerts=self.alerts,
+            groups=self.groups,
             next_id=self.next_id,
             completed=self.completed,
             maintenance=self.maintenance,

@@ -17,7 +17,9 @@ def _in_grace(draft: Draft, owners: tuple[str, ...], spec: ProbeSpec, at: float)
     )
 
 
-def apply(draft: Draft, result: ProbeResult, spec: ProbeSpec, owners: tuple[str, ...]) -> bool:
+def apply(
+    draft: Draft, result: ProbeResult, spec: ProbeSpec, owners: tuple[str, ...], timed: bool
+) -> bool:
     """Fold one result into the probe's state; True when its health verdict changed."""
     old = draft.probes.get(result.probe, ProbeState())
     if not result.ok and _in_grace(draft, owners, spec, result.at):
@@ -38,6 +40,7 @@ def apply(draft: Draft, result: ProbeResult, spec: ProbeSpec, owners: tuple[str,
         fail_streak=fail_streak,
         over_budget=result.ok and budget is not None and result.latency > budget,
         detail="" if result.ok else result.detail[:200],
+        latency=round(result.latency, 4) if timed else old.latency,
     )
     if new != old:
         draft.set_probe(result.probe, new)

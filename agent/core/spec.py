@@ -87,10 +87,11 @@ class Effect:
 
     exec: `argv` (never a shell string), `env`, `timeout`. alert: `sink` (empty = all),
     `severity`, `summary`. systemd: `unit`, `operation`. http: `url`, `method`, `body`.
-    mqtt: `topic`, `payload`. Route effects get the target appended (`{target}` in argv).
+    mqtt: `topic`, `payload`. file: `path` (written atomically with the target).
+    Route effects receive the target: `{target}` in argv, url, body and payload is replaced.
     """
 
-    kind: Literal["exec", "alert", "systemd", "http", "mqtt"]
+    kind: Literal["exec", "alert", "systemd", "http", "mqtt", "file"]
     argv: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     timeout: float = 30.0
@@ -104,6 +105,7 @@ class Effect:
     body: str = ""
     topic: str = ""
     payload: str = ""
+    path: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,15 @@ from typing import Literal
 from immutables import Map
 
 from agent.core.actions import Alert, TrackedAction
-from agent.core.spec import DomainSpec, GoalSet, ProbeSpec, Scalar, ServiceSpec, VarType
+from agent.core.spec import (
+    DomainSpec,
+    FailoverGroup,
+    GoalSet,
+    ProbeSpec,
+    Scalar,
+    ServiceSpec,
+    VarType,
+)
 
 Lifecycle = Literal["Stopped", "Starting", "Running", "Stopping", "Error", "Restarting"]
 Health = Literal["healthy", "unhealthy", "unknown"]
@@ -22,6 +30,7 @@ class ProbeState:
     ok_streak: int = 0
     fail_streak: int = 0
     over_budget: bool = False
+    latency: float = 0.0
     detail: str = ""
 
 
@@ -70,6 +79,21 @@ class DomainState:
 
 
 @dataclass(frozen=True)
+class GroupState:
+    """A failover group: the decided route, the applied one, and the switch in progress."""
+
+    route: str = ""
+    applied: str = ""
+    candidate: str = ""
+    streak: int = 0
+    switches: int = 0
+    target: str = ""
+    in_flight: tuple[int, ...] = ()
+    done: tuple[int, ...] = ()
+    retry_at: float = 0.0
+
+
+@dataclass(frozen=True)
 class Delivery:
     """One sink's view of an alert: the SendAlert in flight, or when to send next (None: done)."""
 
@@ -93,6 +117,8 @@ class Index:
     probes: Map[str, ProbeSpec] = field(default_factory=Map)
     domains: Map[str, DomainSpec] = field(default_factory=Map)
     decls: Map[str, tuple[tuple[str, VarType], ...]] = field(default_factory=Map)
+    groups: Map[str, FailoverGroup] = field(default_factory=Map)
+    probe_to_groups: Map[str, tuple[str, ...]] = field(default_factory=Map)
     unit_to_service: Map[str, str] = field(default_factory=Map)
     probe_to_services: Map[str, tuple[str, ...]] = field(default_factory=Map)
     service_to_domains: Map[str, tuple[str, ...]] = field(default_factory=Map)
@@ -111,6 +137,7 @@ class State:
     domains: Map[str, DomainState] = field(default_factory=Map)
     pending: Map[int, TrackedAction] = field(default_factory=Map)
     alerts: Map[str, AlertState] = field(default_factory=Map)
+    groups: Map[str, GroupState] = field(default_factory=Map)
     next_id: int = 1
     completed: int = 0
     maintenance: bool = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from immutables import Map
 
-from agent.core import alerts, domains, probes, services
+from agent.core import alerts, domains, groups, probes, services
 from agent.core.actions import Action, Resync, RunEffect, SendAlert, TrackedAction, UnitJob
 from agent.core.draft import Draft, evolve
 from agent.core.expr import references
@@ -93,7 +93,11 @@ def _probe_result(draft: Draft, res: ProbeResult) -> None:
     if spec is None:
         return
     owners = draft.index.probe_to_services.get(res.probe, ())
-    if not probes.apply(draft, res, spec, owners):
+    in_groups = draft.index.probe_to_groups.get(res.probe, ())
+    changed = probes.apply(draft, res, spec, owners, timed=bool(in_groups))
+    for group in in_groups:
+        groups.evaluate(draft, group, res.at)
+    if not changed:
         return
     for name in owners:
         old = draft.services[name]
@@ -115,6 +119,7 @@ def _tick(draft: Draft, now: float) -> None:
             domains.evaluate_domain(draft, name, now)
         if not dom.satisfied or f"GoalBroken:{name}" in draft.alerts:
             alerts.domain_rule(draft, name, now)
+    groups.tick(draft, now)
     alerts.deliver(draft, now)
 
 
@@ -133,6 +138,8 @@ def _action_completed(draft: Draft, done: ActionCompleted) -> None:
             _after_service_change(draft, name, old, done.at)
     elif isinstance(action, SendAlert):
         alerts.delivered(draft, action, done.ok, done.at)
+    elif isinstance(action, RunEffect) and action.owner.startswith("group:"):
+        groups.effect_done(draft, action.owner[6:], action.id, done.ok, done.at)
     elif isinstance(action, RunEffect) and action.owner.startswith("domain:"):
         domains.effect_done(draft, action.owner[7:], action.reason, action.id, done.ok, done.at)
     if not done.ok:
@@ -178,7 +185,15 @@ def build_index(goals: GoalSet) -> Index:
                 target = svc_doms if kind == "services" else probe_doms
                 if dom.name not in target.setdefault(name, []):
                     target[name].append(dom.name)
+    probe_groups: dict[str, list[str]] = {}
+    for group in goals.groups:
+        for member in group.members:
+            owner = next((s for s in goals.services if s.name == member.service), None)
+            for probe in member.probes or (owner.probes if owner else ()):
+                probe_groups.setdefault(probe, []).append(group.name)
     return Index(
+        groups=Map({g.name: g for g in goals.groups}),
+        probe_to_groups=Map({k: tuple(dict.fromkeys(v)) for k, v in probe_groups.items()}),
         services=Map({s.name: s for s in goals.services}),
         probes=Map({p.name: p for p in goals.probes}),
         domains=Map({d.name: d for d in goals.domains}),
@@ -217,6 +232,9 @@ def _goals_loaded(draft: Draft, goals: GoalSet, at: float) -> None:
         same = prev_dom is not None and old_index.domains.get(dom.name) == dom
         doms[dom.name] = prev_dom if same and prev_dom else domains.initial(dom, prev_dom)
     draft.domains = Map(doms)
+    draft.groups = Map(
+        {g.name: draft.groups[g.name] for g in goals.groups if g.name in draft.groups}
+    )
     draft.log("info", f"goals loaded: {len(goals.services)} services, {len(goals.domains)} domains")
     for name in draft.services:
         services.reconcile(draft, name, at)

@@ -134,6 +134,8 @@ def effect(m: EffectModel) -> Effect:
         return Effect("systemd", unit=m.systemd.unit, operation=m.systemd.operation)
     if m.http is not None:
         return Effect("http", url=m.http.url, **given(method=m.http.method, body=m.http.body))
+    if m.file is not None:
+        return Effect("file", path=m.file.path)
     assert m.mqtt is not None  # the model guarantees exactly one kind
     return Effect("mqtt", topic=m.mqtt.topic, **given(payload=m.mqtt.payload))
 

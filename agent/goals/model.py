@@ -217,7 +217,13 @@ class MqttEffect(Strict):
     payload: str | None = None
 
 
-EFFECT_KINDS = ("exec", "alert", "systemd", "http", "mqtt")
+class FileEffect(Strict):
+    """Write the route target to a file atomically (temp file, fsync, rename)."""
+
+    path: Annotated[str, StringConstraints(min_length=2, pattern=r"^/")]
+
+
+EFFECT_KINDS = ("exec", "alert", "systemd", "http", "mqtt", "file")
 
 
 class EffectModel(Strict):
@@ -228,6 +234,7 @@ class EffectModel(Strict):
     systemd: SystemdEffect | None = None
     http: HttpEffect | None = None
     mqtt: MqttEffect | None = None
+    file: FileEffect | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> EffectModel:
