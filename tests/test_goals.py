@@ -512,7 +512,7 @@ def test_effects_are_single_key_mappings() -> None:
     assert bad(body) == [
         "g.yaml:6:9: an effect needs exactly one of exec, alert, systemd, http, mqtt, file; "
         "found exec, mqtt",
-        "g.yaml:7:9: unknown key 'shell'; expected one of: exec, alert, systemd, http, mqtt",
+        "g.yaml:7:9: unknown key 'shell'; expected one of: exec, alert, systemd, http, mqtt, file",
         "g.yaml:8:9: unknown key 'exce'; did you mean 'exec'?",
         "g.yaml:9:47: operation: invalid value 'reload'; expected 'start', 'stop' or 'restart'",
         "g.yaml:10:33: invalid environment variable name 'BAD-NAME'",
