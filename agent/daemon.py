@@ -31,6 +31,7 @@ from agent.goals import load_goals
 from agent.journal import Journal
 from agent.lanes import RetryPolicy
 from agent.metrics import Metrics
+from agent.notify import Notifier, status_line
 from agent.probes import Prober
 from agent.runtime import Runtime
 from agent.systemd import SystemdAdapter
@@ -63,6 +64,7 @@ class Daemon:
         self.systemd: SystemdAdapter | None = None
         self.prober: Prober | None = None
         self.metrics: Metrics | None = None
+        self.notifier = Notifier.from_env()
         self._stop = asyncio.Event()
         self._resync = asyncio.Event()
         self._reload = asyncio.Event()
@@ -184,12 +186,14 @@ class Daemon:
             if self.systemd is not None:
                 helpers.append(tg.create_task(self.systemd.run(), name="systemd"))
                 helpers.append(tg.create_task(self._resyncer(), name="resync"))
+            helpers.append(tg.create_task(self._notify(rt), name="sd-notify"))
             tg.create_task(self._stopper(rt, helpers), name="stopper")
             await main
 
     async def _stopper(self, rt: Runtime, helpers: list[asyncio.Task[None]]) -> None:
         await self._stop.wait()
         log.info("stopping: no new inputs; finishing in-flight effects")
+        self.notifier.stopping()
         for task in helpers:
             task.cancel()
         rt.stop()
@@ -203,7 +207,14 @@ class Daemon:
         while True:
             await self._reload.wait()
             self._reload.clear()
+            self.notifier.reloading()
             await self.reload()
+            self.notifier.reloaded(status_line(self.runtime.state) if self.runtime else "")
+
+    async def _notify(self, rt: Runtime) -> None:
+        """sd_notify: READY=1 after the first full resync, then STATUS= and watchdog pings."""
+        ready = self.systemd.wait_ready if self.systemd is not None else None
+        await self.notifier.serve(ready, lambda: status_line(rt.state), rt.alive)
 
     async def _resyncer(self) -> None:
         assert self.systemd is not None
