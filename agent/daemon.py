@@ -21,13 +21,14 @@ from aiohttp import web
 
 from agent import control, httpapi
 from agent.alerts import log_alert
-from agent.core.actions import TrackedAction, UnitJob
+from agent.core.actions import RunEffect, TrackedAction, UnitJob
 from agent.core.inputs import GoalsLoaded, GoalsRejected, Input, ProbeResult, Tick
 from agent.core.spec import GoalSet
 from agent.core.state import State
 from agent.errors import ConfigError, PermanentError
 from agent.execution import run_exec
 from agent.goals import load_goals
+from agent.hooks import Webhook, write_file
 from agent.journal import Journal
 from agent.lanes import RetryPolicy
 from agent.metrics import Metrics
@@ -64,6 +65,7 @@ class Daemon:
         self.systemd: SystemdAdapter | None = None
         self.prober: Prober | None = None
         self.metrics: Metrics | None = None
+        self.webhook = Webhook()
         self.notifier = Notifier.from_env()
         self._stop = asyncio.Event()
         self._resync = asyncio.Event()
@@ -122,6 +124,8 @@ class Daemon:
 
         self.prober = Prober(probe_result, clock=self.clock)
         rt.lanes.register("exec", run_exec, RetryPolicy(attempts=3))
+        rt.lanes.register("file", write_file, RetryPolicy(attempts=3))
+        rt.lanes.register("http", self.webhook, RetryPolicy(attempts=4))
         rt.lanes.register("alert", log_alert)
         if self.opts.bus == "none":
             return
@@ -134,9 +138,12 @@ class Daemon:
         adapter, timeout = self.systemd, self.opts.job_timeout
 
         async def unit_job(action: TrackedAction) -> str:
-            if not isinstance(action, UnitJob):
-                raise PermanentError(f"action {action.id} is not a unit job")
-            return await adapter.run_job(action.unit, action.op, timeout)
+            if isinstance(action, UnitJob):
+                return await adapter.run_job(action.unit, action.op, timeout)
+            if isinstance(action, RunEffect) and action.effect.operation:
+                effect = action.effect
+                return await adapter.run_job(effect.unit, effect.operation, timeout)
+            raise PermanentError(f"action {action.id} is not a unit job")
 
         rt.lanes.register("systemd", unit_job, RetryPolicy(attempts=3, initial=0.2))
 
@@ -232,5 +239,6 @@ class Daemon:
             await rt.lanes.cancel()
         if self.systemd is not None:
             await self.systemd.close()
+        await self.webhook.close()
         await journal.snapshot(rt.state)
         log.info("stopped cleanly; %d actions pending", len(rt.state.pending))
