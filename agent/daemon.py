@@ -21,7 +21,7 @@ from aiohttp import web
 
 from agent import control, httpapi
 from agent.alerts import log_alert
-from agent.core.actions import RunEffect, TrackedAction, UnitJob
+from agent.core.actions import JobOp, RunEffect, TrackedAction, UnitJob
 from agent.core.inputs import GoalsLoaded, GoalsRejected, Input, ProbeResult, Tick
 from agent.core.spec import GoalSet
 from agent.core.state import State
@@ -140,9 +140,9 @@ class Daemon:
         async def unit_job(action: TrackedAction) -> str:
             if isinstance(action, UnitJob):
                 return await adapter.run_job(action.unit, action.op, timeout)
-            if isinstance(action, RunEffect) and action.effect.operation:
-                effect = action.effect
-                return await adapter.run_job(effect.unit, effect.operation, timeout)
+            if isinstance(action, RunEffect) and action.effect.operation != "":
+                op: JobOp = action.effect.operation
+                return await adapter.run_job(action.effect.unit, op, timeout)
             raise PermanentError(f"action {action.id} is not a unit job")
 
         rt.lanes.register("systemd", unit_job, RetryPolicy(attempts=3, initial=0.2))

@@ -24,7 +24,8 @@ MAX_ROUNDS = 16
 def facts(draft: Draft, spec: DomainSpec) -> dict[str, object] | None:
     """The services and probes a domain's expressions name, as CEL maps.
 
-    None while a named service is unobserved, or up with its probes' verdict still pending:
+    None while a named service is unobserved or up with its probes' verdict still pending, or
+    a named probe has no verdict yet:
     a domain acts on facts, not on the blind spot right after a start.
     """
     services: dict[str, dict[str, object]] = {}
@@ -46,6 +47,8 @@ def facts(draft: Draft, spec: DomainSpec) -> dict[str, object] | None:
                 }
             elif kind == "probes" and name in draft.probes:
                 probe = draft.probes[name]
+                if probe.healthy is None:
+                    return None
                 probes[name] = {"healthy": probe.healthy is True, "over_budget": probe.over_budget}
     return {"services": services, "probes": probes}
 
