@@ -127,7 +127,7 @@ class Notifier:
 
     async def serve(
         self,
-        ready: Callable[[], Awaitable[None]] | None,
+        ready: Callable[[], Awaitable[object]] | None,
         status: Callable[[], str],
         healthy: Callable[[], bool] = lambda: True,
         env: Mapping[str, str] | None = None,
