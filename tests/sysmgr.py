@@ -18,6 +18,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -42,6 +43,12 @@ done
 mkdir -p /run/systemd
 mount -t tmpfs -o mode=755 tmpfs /run/systemd || exit 90
 mkdir -p /run/systemd/system
+# PID 1 creates these at boot; a manager running as root masks paths with them (ProtectHome=,
+# ProtectKernelTunables=, ProtectKernelLogs=, InaccessiblePaths=...) and fails without them.
+mkdir -p -m 0755 /run/systemd/inaccessible && cd /run/systemd/inaccessible \
+  && touch reg && mkdir dir && mkfifo fifo && mknod chr c 0 0 && mknod blk b 0 0 \
+  && {python} -c 'import os, stat; os.mknod("sock", stat.S_IFSOCK)' \
+  && chmod 0000 reg dir fifo chr blk sock && cd / || exit 91
 export XDG_RUNTIME_DIR=$runtime XDG_CONFIG_HOME=$config
 export DBUS_SESSION_BUS_ADDRESS=unix:path=$runtime/bus
 export SYSTEMD_LOG_TARGET=console
@@ -132,7 +139,7 @@ class SystemdUser:
         (root / "run").mkdir(mode=0o700)
         (root / "config" / "systemd" / "user").mkdir(parents=True)
         script = root / "start.sh"
-        script.write_text(_SCRIPT.format(systemd=SYSTEMD))
+        script.write_text(_SCRIPT.format(systemd=SYSTEMD, python=sys.executable))
         cgroup = f"setpoint-test-{os.getpid()}-{secrets.token_hex(3)}"
         # setpriv: the manager gets SIGTERM (an orderly exit) if the test process dies first.
         argv = ["setpriv", "--pdeathsig", "TERM", "unshare", "-m", "--propagation", "private"]
