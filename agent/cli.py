@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="JSON Schema of the goal files")
 
+    rule = sub.add_parser("polkit-rule", help="the polkit rule for the units the goals manage")
+    _goals_arg(rule)
+    rule.add_argument("--user", default="setpoint", help="the agent's user (default setpoint)")
+    rule.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+
     maint = sub.add_parser("maintenance", help="observe only, never act (whole agent or a service)")
     maint.add_argument("mode", choices=["on", "off"])
     maint.add_argument("service", nargs="?", default="")
@@ -187,6 +192,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         case "schema":
             print(json.dumps(goals_schema(), indent=2))
             return 0
+        case "polkit-rule":
+            return _polkit_rule(args)
         case "maintenance" | "reset" | "resync":
             return asyncio.run(_command(args))
         case "plan":
@@ -231,6 +238,20 @@ def _validate(paths: Sequence[Path]) -> int:
         f"ok: {len(goals.services)} services, {len(goals.probes)} probes, "
         f"{len(goals.domains)} domains, {len(goals.groups)} groups, {len(goals.sinks)} sinks"
     )
+    return 0
+
+
+def _polkit_rule(args: argparse.Namespace) -> int:
+    from agent import polkit  # noqa: PLC0415
+
+    paths = _goal_paths(args)
+    text = polkit.rule(
+        polkit.managed_units(load_goals(paths)), args.user, ", ".join(map(str, paths))
+    )
+    if args.output is None:
+        print(text, end="")
+    else:
+        args.output.write_text(text)
     return 0
 
 
