@@ -18,10 +18,16 @@ _PRIORITY = {
 
 
 class JournaldFormatter(logging.Formatter):
-    """`<N>message`: journald reads the priority and adds its own timestamp."""
+    """`<N>message`: journald reads the priority and adds its own timestamp.
+
+    journald splits the stream into lines, so every line of a multi-line message (a traceback)
+    gets the prefix; otherwise the continuation lines would be logged at the default priority.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"<{_PRIORITY.get(record.levelno, 6)}>{record.name}: {super().format(record)}"
+        prio = _PRIORITY.get(record.levelno, 6)
+        first, *rest = super().format(record).split("\n")
+        return "\n".join([f"<{prio}>{record.name}: {first}", *(f"<{prio}>{line}" for line in rest)])
 
 
 class JsonFormatter(logging.Formatter):
