@@ -8,7 +8,18 @@ DEB_PACKAGES := systemd dbus-user-session mosquitto prometheus prometheus-alertm
 STATE_DIR ?= $(CURDIR)/run/state
 METRICS_PORT ?= 9477
 
-.PHONY: setup deb run test check bench sim clean
+.PHONY: setup deb run test check bench sim clean install uninstall
+
+# `make install` (root): venv under $(PREFIX)/venv, unit, polkit rule, example goals, the user.
+# DESTDIR=/some/dir stages everything there and leaves the host alone (no user, no systemctl).
+DESTDIR ?=
+PREFIX ?= /opt/setpoint
+SYSCONFDIR ?= /etc
+UNITDIR ?= /etc/systemd/system
+POLKITDIR ?= /etc/polkit-1/rules.d
+INSTALL_PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
+INSTALL_ENV = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" SYSCONFDIR="$(SYSCONFDIR)" \
+	UNITDIR="$(UNITDIR)" POLKITDIR="$(POLKITDIR)" PYTHON="$(INSTALL_PYTHON)"
 
 setup: $(STAMP) deb
 
@@ -46,6 +57,12 @@ bench: setup
 
 sim: setup
 	SETPOINT_SIM_STEPS=200000 $(BIN)/pytest -q tests/test_simulation.py
+
+install:
+	$(INSTALL_ENV) deploy/install.sh install
+
+uninstall:
+	$(INSTALL_ENV) deploy/install.sh uninstall
 
 clean:
 	rm -rf $(VENV) run .mypy_cache .ruff_cache .pytest_cache
