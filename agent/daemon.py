@@ -19,8 +19,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from agent import control, httpapi
-from agent.alerts import log_alert
+from agent import control, httpapi, outputs
 from agent.core.actions import JobOp, RunEffect, TrackedAction, UnitJob
 from agent.core.inputs import GoalsLoaded, GoalsRejected, Input, ProbeResult, Tick
 from agent.core.spec import GoalSet
@@ -32,6 +31,7 @@ from agent.hooks import Webhook, write_file
 from agent.journal import Journal
 from agent.lanes import RetryPolicy
 from agent.metrics import Metrics
+from agent.mqtt import MqttConfig
 from agent.notify import Notifier, status_line
 from agent.probes import Prober
 from agent.runtime import Runtime
@@ -53,6 +53,8 @@ class Options:
     job_timeout: float = 90.0
     http_host: str = "127.0.0.1"
     http_port: int = 9477
+    mqtt: MqttConfig | None = None
+    hostname: str = ""
 
 
 class Daemon:
@@ -66,6 +68,7 @@ class Daemon:
         self.prober: Prober | None = None
         self.metrics: Metrics | None = None
         self.webhook = Webhook()
+        self.outputs: outputs.Outputs | None = None
         self.notifier = Notifier.from_env()
         self._stop = asyncio.Event()
         self._resync = asyncio.Event()
@@ -126,7 +129,9 @@ class Daemon:
         rt.lanes.register("exec", run_exec, RetryPolicy(attempts=3))
         rt.lanes.register("file", write_file, RetryPolicy(attempts=3))
         rt.lanes.register("http", self.webhook, RetryPolicy(attempts=4))
-        rt.lanes.register("alert", log_alert)
+        self.outputs = outputs.wire(
+            rt, self.opts.mqtt, self.opts.hostname, http_port=self.opts.http_port, clock=self.clock
+        )
         if self.opts.bus == "none":
             return
         self.systemd = SystemdAdapter(
@@ -194,6 +199,8 @@ class Daemon:
                 helpers.append(tg.create_task(self.systemd.run(), name="systemd"))
                 helpers.append(tg.create_task(self._resyncer(), name="resync"))
             helpers.append(tg.create_task(self._notify(rt), name="sd-notify"))
+            if self.outputs is not None and self.outputs.mqtt is not None:
+                tg.create_task(self.outputs.mqtt.run(self._stop), name="mqtt")
             tg.create_task(self._stopper(rt, helpers), name="stopper")
             await main
 
@@ -240,5 +247,7 @@ class Daemon:
         if self.systemd is not None:
             await self.systemd.close()
         await self.webhook.close()
+        if self.outputs is not None:
+            await self.outputs.sinks.close()
         await journal.snapshot(rt.state)
         log.info("stopped cleanly; %d actions pending", len(rt.state.pending))

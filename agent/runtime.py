@@ -59,6 +59,8 @@ class Runtime:
         self.metrics = metrics
         self.tap: Callable[[Input], None] | None = None
         """Sees every input as it is submitted (benchmarks and tests)."""
+        self.on_commit: list[Callable[[State], None]] = []
+        """Called with the committed state after each batch that changed something."""
         self.progress = time.monotonic()
 
     def submit(self, inp: Input) -> None:
@@ -113,6 +115,9 @@ class Runtime:
         await self.journal.commit(entries, state)
         self._account(len(batch), len(entries), stepped - started, time.perf_counter() - stepped)
         self.state = state
+        if entries:
+            for hook in self.on_commit:
+                hook(state)
         self._act(actions)
         async with self._changed:
             self._changed.notify_all()
