@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from agent import __version__, control, logs
+from agent import __version__, control, logs, mqtt_config
 from agent.core.actions import TrackedAction, is_tracked
 from agent.core.inputs import GoalsLoaded, Input, Tick
 from agent.core.state import State
@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     run.add_argument("--log-format", choices=["auto", "text", "journald", "json"], default="auto")
+    mqtt_config.add_arguments(run)
 
     val = sub.add_parser("validate", help="check goal files; exit 2 when invalid")
     val.add_argument("paths", nargs="+", type=Path, metavar="FILE|DIR")
@@ -214,6 +215,11 @@ def _run(args: argparse.Namespace) -> int:
     from agent.daemon import Daemon, Options  # noqa: PLC0415 - keeps `validate` quick to start
 
     logs.setup(args.log_level, args.log_format)
+    try:
+        mqtt = mqtt_config.from_args(args)
+    except ValueError as err:
+        print(f"setpoint run: {err}", file=sys.stderr)
+        return 2
     opts = Options(
         goals=_goal_paths(args),
         state_dir=args.state_dir,
@@ -222,6 +228,8 @@ def _run(args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         http_host=args.listen[0],
         http_port=args.listen[1],
+        mqtt=mqtt,
+        hostname=args.hostname,
     )
     return asyncio.run(Daemon(opts).serve())
 

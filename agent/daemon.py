@@ -31,7 +31,7 @@ from agent.hooks import Webhook, write_file
 from agent.journal import Journal
 from agent.lanes import RetryPolicy
 from agent.metrics import Metrics
-from agent.mqtt import MqttConfig
+from agent.mqtt_config import MqttConfig
 from agent.notify import Notifier, status_line
 from agent.probes import Prober
 from agent.runtime import Runtime

@@ -18,99 +18,21 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import ssl
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from collections.abc import Callable
 
 import aiomqtt
 
 from agent import mqtt_commands
-from agent.control import COMMANDS
 from agent.core.actions import RunEffect, TrackedAction
 from agent.core.inputs import Input, OperatorCommand
 from agent.core.state import State
 from agent.errors import PermanentError, TransientError
-from agent.mqtt_commands import CommandPolicy
+from agent.mqtt_config import MqttConfig
 from agent.mqtt_state import Projection
 
 log = logging.getLogger("setpoint.mqtt")
-PASSWORD_ENV = "SETPOINT_MQTT_PASSWORD"  # noqa: S105 - the variable's name, not a secret
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    """Where the broker is and how to talk to it; `password` never appears in repr()."""
-
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ca_file: Path | None = None
-    commands: CommandPolicy | None = None
-    keepalive: int = 30
-
-    @property
-    def where(self) -> str:
-        """The broker's address for log lines (no credentials)."""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-def configure(
-    url: str,
-    *,
-    username: str | None = None,
-    password_file: Path | None = None,
-    ca_file: Path | None = None,
-    commands: bool = False,
-    allow: frozenset[str] = frozenset(),
-    allow_services: frozenset[str] = frozenset(),
-    env: Mapping[str, str] = os.environ,
-) -> MqttConfig:
-    """A checked MqttConfig from command-line options; ValueError says what is wrong."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {parts.scheme!r}")
-    if parts.password is not None:
-        raise ValueError(
-            f"no password in the MQTT URL: use --mqtt-password-file or ${PASSWORD_ENV}"
-        )
-    if not parts.hostname or parts.path not in ("", "/") or parts.query:
-        raise ValueError("MQTT URL must be mqtt[s]://HOST[:PORT]")
-    try:
-        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-    except ValueError:
-        raise ValueError("MQTT URL has an invalid port") from None
-    user = username or (unquote(parts.username) if parts.username else None)
-    password = _password(password_file, env)
-    if password is not None and user is None:
-        raise ValueError("an MQTT password needs a username (--mqtt-username)")
-    policy = None
-    if commands:
-        if user is None or password is None:
-            raise ValueError("--mqtt-commands requires broker authentication (username+password)")
-        if not allow:
-            raise ValueError("--mqtt-commands requires --mqtt-allow COMMAND[,COMMAND...]")
-        unknown = sorted(allow - set(COMMANDS))
-        if unknown:
-            raise ValueError(f"--mqtt-allow: unknown command(s) {', '.join(unknown)}")
-        policy = CommandPolicy(allow, allow_services)
-    return MqttConfig(
-        parts.hostname, port, parts.scheme == "mqtts", user, password, ca_file, policy
-    )
-
-
-def _password(path: Path | None, env: Mapping[str, str]) -> str | None:
-    if path is not None:
-        try:
-            return path.read_text().rstrip("\r\n")
-        except OSError as err:
-            raise ValueError(f"cannot read the MQTT password file {path}: {err.strerror}") from None
-    return env.get(PASSWORD_ENV) or None
 
 
 class _Session:

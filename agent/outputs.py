@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.lanes import RetryPolicy
-from agent.mqtt import MqttConfig, MqttLink, no_broker
+from agent.mqtt import MqttLink, no_broker
+from agent.mqtt_config import MqttConfig
 from agent.runtime import Runtime
 from agent.sinks import Sinks
 
