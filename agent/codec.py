@@ -34,7 +34,10 @@ from agent.core import actions, inputs, spec, state
 from agent.errors import JournalCorrupt
 
 CORE_MODULES: tuple[ModuleType, ...] = (spec, inputs, actions, state)
-_GENERATION = 50_000
+_GENERATION = 20_000
+_GENERATION_BYTES = 8 << 20
+"""Bounds on one cache generation: a young generation of whole-state texts (one per commit)
+would otherwise keep every recent state alive."""
 _BIG = 256 * 1024
 _MISSING = object()
 _esc: Callable[[str], str] = json.encoder.encode_basestring_ascii
@@ -109,6 +112,7 @@ class _Cache:
     def __init__(self) -> None:
         self.young: dict[int, tuple[object, str]] = {}
         self.old: dict[int, tuple[object, str]] = {}
+        self.size = 0
 
     def get(self, obj: object) -> str | None:
         key = id(obj)
@@ -121,9 +125,10 @@ class _Cache:
         return hit[1] if hit[0] is obj else None
 
     def put(self, obj: object, text: str) -> None:
-        if len(self.young) >= _GENERATION:
-            self.old, self.young = self.young, {}
+        if len(self.young) >= _GENERATION or self.size >= _GENERATION_BYTES:
+            self.old, self.young, self.size = self.young, {}, 0
         self.young[id(obj)] = (obj, text)
+        self.size += len(text)
 
 
 _cache = _Cache()

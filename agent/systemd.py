@@ -128,6 +128,11 @@ async def _bus_call(bus: MessageBus, msg: Message) -> Message | None:
     return await asyncio.shield(asyncio.ensure_future(bus.call(msg)))
 
 
+_MAX_CALLS = 64
+"""Method calls in flight at once. dbus-fast fails the whole connection when the socket's send
+buffer fills (BlockingIOError in its writer), which a burst of 1,000 GetAll calls does."""
+
+
 class _ReplyError(Exception):
     """A D-Bus error reply (internal; converted before leaving the module)."""
 
@@ -216,6 +221,7 @@ class SystemdAdapter:
         self._want_subscribe = False
         self._dirty: set[str] = set()
         self._jobs: dict[str, asyncio.Future[str]] = {}
+        self._calls = asyncio.Semaphore(_MAX_CALLS)
         self._finished_jobs: OrderedDict[str, str] = OrderedDict()
         self._closed = False
         self._stopping = asyncio.Event()
@@ -434,7 +440,7 @@ class SystemdAdapter:
             body=body,
         )
         try:
-            async with asyncio.timeout(self._call_timeout):
+            async with self._calls, asyncio.timeout(self._call_timeout):
                 reply = await _bus_call(bus, msg)
         except TimeoutError as err:
             raise TransientError(f"{member}: no reply within {self._call_timeout:g}s") from err
