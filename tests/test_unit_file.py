@@ -46,6 +46,12 @@ DROPPED = (
     "ConfigurationDirectoryMode",
 )
 SLEEPER = "[Service]\nExecStart=/bin/sleep infinity\n"
+SANDBOX_PROBES = """\
+probes:
+  own-http: {http: {url: "http://127.0.0.1:PORT/healthz"}, interval: 200ms}
+  child: {exec: {argv: [/bin/sh, -c, "touch STATEDIR/w && ! touch REPO/.sandbox 2>/dev/null"]},
+          interval: 200ms}
+"""
 
 
 def analyze_or_skip() -> str:
@@ -165,9 +171,12 @@ class Installed:
     def metric(self, name: str) -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
-        found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
         assert found, f"{name} not in /metrics"
         return float(found.group(1))
+
+    def probe_healthy(self, probe: str) -> bool:
+        return self.metric(f'setpoint_probe_healthy{{probe="{probe}"}}') == 1
 
     def wait_active(self, timeout: float = 30.0) -> None:
         try:
@@ -185,14 +194,15 @@ class Installed:
 def install(
     mgr: SystemdUser, tmp: Path, name: str, goals: str, *, watchdog: str = "3s", extra: str = ""
 ) -> Installed:
-    (tmp / "goals").mkdir(parents=True)
-    (tmp / "goals" / "main.yaml").write_text(goals)
     unit = Installed(mgr, name, tmp, free_port())
-    text = user_variant(
+    (tmp / "goals").mkdir(parents=True)
+    text = goals.replace("PORT", str(unit.port)).replace("STATEDIR", str(unit.state))
+    (tmp / "goals" / "main.yaml").write_text(text.replace("REPO", str(ROOT)))
+    unit_text = user_variant(
         UNIT.read_text(), goals=unit.goals, state=unit.state, port=unit.port,
         watchdog=watchdog, mgr=mgr, extra=extra,
     )  # fmt: skip
-    mgr.write_unit(name, text)
+    mgr.write_unit(name, unit_text)
     mgr.daemon_reload()
     return unit
 
@@ -206,7 +216,7 @@ def unit(systemd_user: SystemdUser, tmp_path: Path) -> Iterator[Installed]:
     systemd_user.write_unit("sp-unit-a.service", SLEEPER)
     systemd_user.write_unit("sp-unit-b.service", SLEEPER)
     inst = install(systemd_user, tmp_path, "setpoint.service", goals_yaml(
-        "  a: {unit: sp-unit-a.service}\n"
+        "  a: {unit: sp-unit-a.service, probes: [own-http, child]}\n" + SANDBOX_PROBES
     ))  # fmt: skip
     yield inst
     systemd_user.systemctl("stop", inst.name, "sp-unit-a.service", "sp-unit-b.service")
@@ -223,6 +233,12 @@ def test_ready_status_watchdog_reload_and_clean_stop(unit: Installed) -> None:
     mgr.wait_for("sp-unit-a.service", "active", 10)
     wait_until(lambda: unit.show("StatusText").startswith("1 service: 1 Running;"), 10, "STATUS")
     assert unit.show("StatusText") == "1 service: 1 Running; 0/0 goals hold; 0 pending"
+
+    # under the sandbox: loopback TCP (an http probe of its own endpoint) and child processes
+    # that may write the state directory and nothing else (ProtectSystem=strict)
+    wait_until(lambda: unit.probe_healthy("own-http"), 10, "the http probe to succeed")
+    wait_until(lambda: unit.probe_healthy("child"), 10, "the exec probe to succeed")
+    assert not (ROOT / ".sandbox").exists()
 
     first = int(unit.show("WatchdogTimestampMonotonic"))
     wait_until(lambda: int(unit.show("WatchdogTimestampMonotonic")) > first, 5, "a watchdog ping")
