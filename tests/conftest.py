@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from blockbuster import blockbuster_ctx
 
+from tests.brokers import alertmanager, mosquitto  # noqa: F401 - session fixtures
 from tests.sysmgr import SystemdUser, start_or_skip
 
 
