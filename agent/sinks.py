@@ -197,7 +197,7 @@ class Sinks:
         except aiohttp.InvalidURL as err:
             raise PermanentError(f"POST {url}: invalid URL ({err})") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
-            raise TransientError(f"POST {url}: {err!r}") from None
+            raise TransientError(f"POST {url}: {type(err).__name__}: {err}") from None
         if resp.status >= 500 or resp.status == 429:
             raise TransientError(f"POST {url}: HTTP {resp.status}")
         if not 200 <= resp.status < 300:
