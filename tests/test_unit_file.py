@@ -51,6 +51,11 @@ probes:
   own-http: {http: {url: "http://127.0.0.1:PORT/healthz"}, interval: 200ms}
   child: {exec: {argv: [/bin/sh, -c, "touch STATEDIR/w && ! touch REPO/.sandbox 2>/dev/null"]},
           interval: 200ms}
+domains:  # CEL under MemoryDenyWriteExecute= and the syscall filter
+  Up:
+    state:
+      a_up: {type: bool, default: false, bind: 'services["a"].healthy'}
+    goal: a_up
 """
 
 
@@ -231,8 +236,8 @@ def test_ready_status_watchdog_reload_and_clean_stop(unit: Installed) -> None:
     log = unit.log()
     assert log.index("systemd: connected to user") < log.index("notify: ready")  # after resync
     mgr.wait_for("sp-unit-a.service", "active", 10)
-    wait_until(lambda: unit.show("StatusText").startswith("1 service: 1 Running;"), 10, "STATUS")
-    assert unit.show("StatusText") == "1 service: 1 Running; 0/0 goals hold; 0 pending"
+    want = "1 service: 1 Running; 1/1 goals hold; 0 pending"
+    wait_until(lambda: unit.show("StatusText") == want, 10, "STATUS")
 
     # under the sandbox: loopback TCP (an http probe of its own endpoint) and child processes
     # that may write the state directory and nothing else (ProtectSystem=strict)
@@ -255,7 +260,8 @@ def test_ready_status_watchdog_reload_and_clean_stop(unit: Installed) -> None:
     (unit.goals / "broken.yaml").write_text(goals_yaml("  b: {unit: sp-unit-b.service}\n"))
     mgr.systemctl("reload", unit.name, check=True)
     mgr.wait_for("sp-unit-b.service", "active", 15)  # the new goals are in force
-    wait_until(lambda: unit.show("StatusText").startswith("2 services: 2 Running;"), 10, "STATUS")
+    want = "2 services: 2 Running; 1/1 goals hold; 0 pending"
+    wait_until(lambda: unit.show("StatusText") == want, 10, "STATUS")
     assert unit.metric("setpoint_config_last_reload_successful") == 1.0
 
     mgr.systemctl("stop", unit.name, check=True)
