@@ -35,7 +35,7 @@ from agent.errors import JournalCorrupt
 
 CORE_MODULES: tuple[ModuleType, ...] = (spec, inputs, actions, state)
 _GENERATION = 20_000
-_GENERATION_BYTES = 8 << 20
+_GENERATION_BYTES = 2 << 20
 """Bounds on one cache generation: a young generation of whole-state texts (one per commit)
 would otherwise keep every recent state alive."""
 _BIG = 256 * 1024
