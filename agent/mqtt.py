@@ -73,6 +73,7 @@ class MqttLink:
         self._tls: ssl.SSLContext | None = None
         self.inflight = 0
         self.connects = 0
+        self._closed = False
 
     @property
     def connected(self) -> bool:
@@ -104,6 +105,8 @@ class MqttLink:
     ) -> None:
         """QoS 1; returns once the broker acknowledged. TransientError otherwise."""
         session = self._session
+        if session is None and self._closed:
+            raise TransientError("MQTT link closed (the agent is stopping)")
         if session is None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
@@ -166,6 +169,7 @@ class MqttLink:
                 async with asyncio.timeout(delay):
                     await stop.wait()
             delay = min(delay * 2, self._backoff[1])
+        self._closed = True
 
     async def _serve(self, stop: asyncio.Event) -> None:
         client = aiomqtt.Client(
@@ -260,7 +264,9 @@ class MqttLink:
         if policy is None:
             return
         raw = message.payload
-        payload = raw.encode() if isinstance(raw, str) else bytes(raw) if raw is not None else b""
+        payload = bytes(raw) if isinstance(raw, bytes | bytearray) else b""
+        if not payload:
+            return  # someone cleared a retained message on the command topic
         request, ident, error = mqtt_commands.authorise(
             payload, message.retain, self._services(), policy
         )

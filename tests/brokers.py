@@ -138,6 +138,16 @@ class Watcher:
         found = self.on(topic)
         return found[-1] if found else None
 
+    def payload(self, topic: str) -> bytes | None:
+        """The last payload on `topic`, if any."""
+        found = self.last(topic)
+        return found.payload if found is not None else None
+
+    def doc(self, topic: str) -> Any:
+        """The last payload on `topic` as JSON (None when nothing came)."""
+        found = self.last(topic)
+        return found.json() if found is not None else None
+
     def wait(self, topic: str, timeout: float, what: str = "") -> Received:
         wait_until(lambda: bool(self.on(topic)), timeout, what or f"a message on {topic}")
         found = self.last(topic)
@@ -155,8 +165,8 @@ def publish(port: int, topic: str, payload: bytes, *, qos: int = 1, retain: bool
     client.connect("127.0.0.1", port)
     client.loop_start()
     client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
-    client.loop_stop()
     client.disconnect()
+    client.loop_stop()
 
 
 class Recorder:
