@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["bench.step_bench", "bench.journal_bench", "bench.systemd_bench"]
+BENCHES = ["bench.step_bench", "bench.journal_bench", "bench.systemd_bench", "bench.probes_bench"]
 
 
 def main() -> int:
