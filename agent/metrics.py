@@ -1,16 +1,17 @@
 """Prometheus metrics. State-derived series are rendered from the committed state at scrape
 time (nothing to keep in sync); event series (latencies, outcomes) are observed as they happen.
+The per-service and per-probe series are formatted directly (see `render_state`); the few
+agent-wide series go through prometheus_client.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from agent import __version__
 from agent.core.actions import TrackedAction
@@ -21,84 +22,116 @@ LIFECYCLES: tuple[str, ...] = get_args(Lifecycle)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
-class StateCollector(Collector):
-    """Series derived from the state: lifecycle, time in state, counters, goals, pending."""
+def _label(value: str) -> str:
+    """A label value escaped for the text format."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+    return value
 
-    def __init__(self, state: Callable[[], State], clock: Callable[[], float]) -> None:
-        self._state = state
-        self._clock = clock
 
-    def collect(self) -> Iterator[Metric]:
-        state, now = self._state(), self._clock()
-        lifecycle = GaugeMetricFamily(
-            "setpoint_service_state",
-            "1 for the lifecycle state the service is in",
-            labels=["service", "state"],
-        )
-        since = GaugeMetricFamily(
-            "setpoint_service_state_seconds",
-            "Time in the current lifecycle state",
-            labels=["service"],
-        )
-        counters = {
-            key: CounterMetricFamily(f"setpoint_service_{key}", text, labels=["service"])
-            for key, text in (
-                ("transitions", "Lifecycle transitions"),
-                ("restarts", "Start or restart jobs issued"),
-                ("errors", "Entries into the Error state"),
-            )
-        }
-        gave_up = GaugeMetricFamily(
-            "setpoint_service_gave_up", "1 when the restart limit was reached", labels=["service"]
-        )
-        for name, svc in state.services.items():
-            for value in LIFECYCLES:
-                lifecycle.add_metric([name, value], 1.0 if svc.lifecycle == value else 0.0)
-            since.add_metric([name], max(0.0, now - svc.since))
-            counters["transitions"].add_metric([name], svc.transitions)
-            counters["restarts"].add_metric([name], svc.restarts_total)
-            counters["errors"].add_metric([name], svc.errors)
-            gave_up.add_metric([name], float(svc.gave_up))
-        yield from (lifecycle, since, *counters.values(), gave_up)
-        yield from self._others(state)
+def _family(out: list[str], name: str, kind: str, text: str) -> None:
+    out.append(f"# HELP {name} {text}")
+    out.append(f"# TYPE {name} {kind}")
 
-    def _others(self, state: State) -> Iterator[Metric]:
-        healthy = GaugeMetricFamily(
-            "setpoint_probe_healthy", "1 healthy, 0 unhealthy, -1 not yet known", labels=["probe"]
+
+def render_state(state: State, now: float) -> list[str]:
+    """Series derived from the state, as text-format lines.
+
+    Written directly rather than through prometheus_client's collectors, which cost ~5 us per
+    sample: with 1,000 services and probes that alone was 170 ms per scrape.
+    """
+    out: list[str] = []
+    names = [(name, _label(name), svc) for name, svc in state.services.items()]
+    _family(out, "setpoint_service_state", "gauge", "1 for the lifecycle state the service is in")
+    for _name, label, svc in names:
+        out.extend(
+            f'setpoint_service_state{{service="{label}",state="{value}"}} '
+            + ("1.0" if svc.lifecycle == value else "0.0")
+            for value in LIFECYCLES
         )
-        for name, probe in state.probes.items():
-            healthy.add_metric([name], -1.0 if probe.healthy is None else float(probe.healthy))
-        goal = GaugeMetricFamily(
-            "setpoint_domain_goal_satisfied", "1 while the domain's goal holds", labels=["domain"]
+    _family(out, "setpoint_service_state_seconds", "gauge", "Time in the current lifecycle state")
+    out.extend(
+        f'setpoint_service_state_seconds{{service="{label}"}} {max(0.0, now - svc.since)!r}'
+        for _name, label, svc in names
+    )
+    for key, text in (
+        ("transitions", "Lifecycle transitions"),
+        ("restarts", "Start or restart jobs issued"),
+        ("errors", "Entries into the Error state"),
+    ):
+        metric = f"setpoint_service_{key}_total"
+        _family(out, metric, "counter", text)
+        attr = "restarts_total" if key == "restarts" else key
+        out.extend(
+            f'{metric}{{service="{label}"}} {float(getattr(svc, attr))!r}'
+            for _name, label, svc in names
         )
-        for name, dom in state.domains.items():
-            goal.add_metric([name], float(dom.satisfied))
-        pending = GaugeMetricFamily("setpoint_pending_actions", "Tracked actions awaiting a result")
-        pending.add_metric([], len(state.pending))
-        maintenance = GaugeMetricFamily("setpoint_maintenance", "1 while in maintenance mode")
-        maintenance.add_metric([], float(state.maintenance))
-        yield from (healthy, goal, pending, maintenance)
+    _family(out, "setpoint_service_gave_up", "gauge", "1 when the restart limit was reached")
+    out.extend(
+        f'setpoint_service_gave_up{{service="{label}"}} {"1.0" if svc.gave_up else "0.0"}'
+        for _name, label, svc in names
+    )
+    _family(out, "setpoint_probe_healthy", "gauge", "1 healthy, 0 unhealthy, -1 not yet known")
+    for name, probe in state.probes.items():
+        value = "-1.0" if probe.healthy is None else ("1.0" if probe.healthy else "0.0")
+        out.append(f'setpoint_probe_healthy{{probe="{_label(name)}"}} {value}')
+    _family(out, "setpoint_domain_goal_satisfied", "gauge", "1 while the domain's goal holds")
+    for name, dom in state.domains.items():
+        value = "1.0" if dom.satisfied else "0.0"
+        out.append(f'setpoint_domain_goal_satisfied{{domain="{_label(name)}"}} {value}')
+    _family(out, "setpoint_pending_actions", "gauge", "Tracked actions awaiting a result")
+    out.append(f"setpoint_pending_actions {float(len(state.pending))!r}")
+    _family(out, "setpoint_maintenance", "gauge", "1 while in maintenance mode")
+    out.append(f"setpoint_maintenance {'1.0' if state.maintenance else '0.0'}")
+    return out
+
+
+class ProbeSeries:
+    """Per-probe latency histograms and result counters, kept as plain numbers."""
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self._bounds = buckets
+        self._les = [repr(float(b)) for b in buckets] + ["+Inf"]
+        self._hist: dict[str, tuple[list[int], list[float]]] = {}
+        self._results: dict[tuple[str, str], int] = {}
+
+    def observe(self, result: ProbeResult) -> None:
+        counts, total = self._hist.setdefault(result.probe, ([0] * len(self._les), [0.0]))
+        counts[bisect.bisect_left(self._bounds, result.latency)] += 1
+        total[0] += result.latency
+        key = (result.probe, "ok" if result.ok else "fail")
+        self._results[key] = self._results.get(key, 0) + 1
+
+    def render(self) -> list[str]:
+        out: list[str] = []
+        name = "setpoint_probe_latency_seconds"
+        _family(out, name, "histogram", "Probe round-trip time")
+        for probe, (counts, total) in self._hist.items():
+            label = _label(probe)
+            running = 0
+            for le, count in zip(self._les, counts, strict=True):
+                running += count
+                out.append(f'{name}_bucket{{le="{le}",probe="{label}"}} {float(running)!r}')
+            out.append(f'{name}_count{{probe="{label}"}} {float(running)!r}')
+            out.append(f'{name}_sum{{probe="{label}"}} {total[0]!r}')
+        _family(out, "setpoint_probe_results_total", "counter", "Probe results")
+        for (probe, result), count in self._results.items():
+            line = f'setpoint_probe_results_total{{probe="{_label(probe)}",result="{result}"}}'
+            out.append(f"{line} {float(count)!r}")
+        return out
 
 
 class Metrics:
     """The agent's registry and the event series the runtime and adapters feed."""
 
     def __init__(self, state: Callable[[], State], clock: Callable[[], float] = time.time) -> None:
+        self._state = state
+        self._clock = clock
+        self.probes = ProbeSeries()
         reg = self.registry = CollectorRegistry(auto_describe=True)
-        reg.register(StateCollector(state, clock))
         Gauge("setpoint_build_info", "Build information", ["version"], registry=reg).labels(
             __version__
         ).set(1)
-        self.probe_latency = Histogram(
-            "setpoint_probe_latency_seconds",
-            "Probe round-trip time",
-            ["probe"],
-            buckets=LATENCY_BUCKETS,
-            registry=reg,
-        )
-        self.probe_results = Counter(
-            "setpoint_probe_results", "Probe results", ["probe", "result"], registry=reg
-        )
         self.actions = Counter(
             "setpoint_actions", "Tracked actions finished", ["kind", "outcome"], registry=reg
         )
@@ -126,8 +159,7 @@ class Metrics:
         )
 
     def observe_probe(self, result: ProbeResult) -> None:
-        self.probe_latency.labels(result.probe).observe(result.latency)
-        self.probe_results.labels(result.probe, "ok" if result.ok else "fail").inc()
+        self.probes.observe(result)
 
     def observe_completion(self, action: TrackedAction | None, done: ActionCompleted) -> None:
         kind = action.lane.split(":", 1)[0] if action is not None else "unknown"
@@ -140,4 +172,7 @@ class Metrics:
             self.reload_time.set(at)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The whole exposition: state-derived and per-probe series, then the registry's."""
+        lines = render_state(self._state(), self._clock())
+        lines += self.probes.render()
+        return ("\n".join(lines) + "\n").encode() + generate_latest(self.registry)

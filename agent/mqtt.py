@@ -79,6 +79,13 @@ class MqttLink:
     def connected(self) -> bool:
         return self._session is not None
 
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the broker connection; whether it is up."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
+        return self._session is not None
+
     def topic(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts))
 
@@ -108,9 +115,7 @@ class MqttLink:
         if session is None and self._closed:
             raise TransientError("MQTT link closed (the agent is stopping)")
         if session is None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._up.wait()
+            await self.wait_connected(wait)
             session = self._session
             if session is None:
                 raise TransientError(f"MQTT broker {self.config.where} not connected")

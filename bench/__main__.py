@@ -5,7 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["bench.step_bench", "bench.journal_bench", "bench.systemd_bench", "bench.probes_bench"]
+BENCHES = [
+    "bench.step_bench",
+    "bench.journal_bench",
+    "bench.systemd_bench",
+    "bench.probes_bench",
+    "bench.observability_bench",
+]
 
 
 def main() -> int:
