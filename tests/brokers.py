@@ -49,7 +49,7 @@ def _listening(port: int) -> bool:
 class Mosquitto:
     """A mosquitto broker: `port` anonymous, `auth_port` with a password file (USER/PASSWORD)."""
 
-    def __init__(self, workdir: Path, *, persistence: bool = False) -> None:
+    def __init__(self, workdir: Path, *, persistence: bool = False, tls: bool = False) -> None:
         need(MOSQUITTO, "mosquitto")
         need(MOSQUITTO_PASSWD, "mosquitto")
         workdir.mkdir(parents=True, exist_ok=True)
@@ -67,6 +67,17 @@ class Mosquitto:
             f"listener {self.auth_port} 127.0.0.1\nallow_anonymous false\n"
             f"password_file {passwd}\n"
         )
+        self.tls_port = 0
+        self.ca_file = workdir / "ca.pem"
+        if tls:
+            self.tls_port = free_port()
+            make_certificates(workdir)
+            with self.conf.open("a") as conf:
+                conf.write(
+                    f"listener {self.tls_port} 127.0.0.1\nallow_anonymous true\n"
+                    f"cafile {self.ca_file}\ncertfile {workdir}/server.pem\n"
+                    f"keyfile {workdir}/server.key\n"
+                )
         self.log = workdir / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
@@ -80,7 +91,8 @@ class Mosquitto:
             self.proc = subprocess.Popen(
                 [MOSQUITTO, "-c", str(self.conf)], stdout=out, stderr=subprocess.STDOUT
             )
-        wait_until(lambda: _listening(self.port) and _listening(self.auth_port), 10, "mosquitto")
+        ports = [p for p in (self.port, self.auth_port, self.tls_port) if p]
+        wait_until(lambda: all(_listening(p) for p in ports), 10, "mosquitto")
 
     def stop(self) -> None:
         """SIGTERM (a clean shutdown: persistent sessions are saved)."""
@@ -91,6 +103,22 @@ class Mosquitto:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def make_certificates(workdir: Path) -> None:
+    """A throw-away CA (ca.pem) and a server certificate for 127.0.0.1 (server.pem/.key)."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ext = workdir / "san.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=workdir, check=True, capture_output=True)
+
+    ca = ["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=setpoint CA"]
+    openssl("req", "-x509", *ec, *ca)
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    sign = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"]
+    openssl("x509", "-req", "-in", "server.csr", *sign, "-out", "server.pem", "-extfile", str(ext))
 
 
 @dataclass

@@ -265,3 +265,23 @@ def test_service_state_follows_systemd(
     finally:
         watch.close()
         systemd_user.systemctl("stop", "sp-mq.service")
+
+
+def test_tls_to_the_broker(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker", tls=True)
+    host = host_name()
+    url = f"mqtts://127.0.0.1:{broker.tls_port}"
+    watch = Watcher(broker.port, f"setpoint/{host}/status")
+    try:
+        with agent_for(tmp_path, host, url, "--mqtt-ca-file", str(broker.ca_file)) as agent:
+            agent.wait_started()
+            assert watch.wait(f"setpoint/{host}/status", 10, "online over TLS").payload == b"online"
+            assert agent.stop() == 0
+        untrusted = agent_for(tmp_path, host_name(), url, name="state2")  # system CAs only
+        with untrusted as agent:
+            agent.wait_started()
+            wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in agent.output(), 10, "the refusal")
+            assert agent.stop() == 0
+    finally:
+        watch.close()
+        broker.stop()
