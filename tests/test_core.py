@@ -307,7 +307,7 @@ def test_reload_keeps_state_and_a_changed_spec_clears_give_up() -> None:
 def test_domain_ignores_the_blind_spot_while_probes_decide() -> None:
     h = Harness()
     goals = GoalSet(
-        services=(service("db-primary", probes=("hz",)),),
+        services=(service("db-primary", probes=("hz",), on_unhealthy="alert"),),
         probes=(http_probe("hz", failures=2),),
         domains=(routing_domain(),),
     )
@@ -473,3 +473,14 @@ def test_route_effects_never_land_out_of_order() -> None:
     failed = h.tracked(ActionCompleted(second[0].id, False, 3, "disk full"))
     assert failed == [] and h.state.groups["db"].applied == "primary"
     assert route_targets(h.tracked(Tick(8.1))) == ["replica"]  # retried after 5 s
+
+
+def test_domain_waits_while_the_agent_restarts_the_service() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("db-primary"),), domains=(routing_domain(),)))
+    h.observe("db-primary.service", "active", "running", 1)
+    restart = h.observe("db-primary.service", "failed", "failed", 2)
+    assert jobs(restart) == [("start", "db-primary.service")] and effects(restart) == []
+    h.observe("db-primary.service", "active", "running", 2.1)
+    assert effects(h.tracked(ActionCompleted(restart[0].id, True, 2.2))) == []
+    assert h.state.domains["DatabaseRouting"].satisfied  # recovered in place: no failover

@@ -24,8 +24,9 @@ MAX_ROUNDS = 16
 def facts(draft: Draft, spec: DomainSpec) -> dict[str, object] | None:
     """The services and probes a domain's expressions name, as CEL maps.
 
-    None while a named service is unobserved or up with its probes' verdict still pending, or
-    a named probe has no verdict yet:
+    None while a named service is unobserved, up with its probes' verdict still pending, or
+    being started or restarted by the agent (recovery in place comes first, failover when it
+    fails, as in Pacemaker), or while a named probe has no verdict yet:
     a domain acts on facts, not on the blind spot right after a start.
     """
     services: dict[str, dict[str, object]] = {}
@@ -35,7 +36,9 @@ def facts(draft: Draft, spec: DomainSpec) -> dict[str, object] | None:
         for kind, name in references(text):
             if kind == "services" and name in draft.services:
                 svc = draft.services[name]
-                if svc.active == "unknown" or (svc.active in UP and svc.health == "unknown"):
+                if svc.active == "unknown" or svc.job is not None:
+                    return None
+                if svc.active in UP and svc.health == "unknown":
                     return None
                 services[name] = {
                     "state": svc.lifecycle,
