@@ -4,14 +4,11 @@ expression parses (promtool); the Prometheus and Alertmanager examples pass thei
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from agent.core.actions import UnitJob
@@ -20,6 +17,7 @@ from agent.core.spec import GoalSet
 from agent.core.state import State
 from agent.core.step import step
 from agent.metrics import Metrics
+from tests import needs
 from tests.agentproc import ROOT
 from tests.corekit import http_probe, routing_domain, service
 
@@ -93,12 +91,7 @@ def test_prometheus_rules_use_exposed_metrics() -> None:
 
 
 def tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} not found")
-        pytest.skip(f"{name} not found (Debian packages prometheus, prometheus-alertmanager)")
-    return found
+    return needs.tool(name, "prometheus" if name == "promtool" else "prometheus-alertmanager")
 
 
 def run(*argv: str | Path) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests.agentproc import ROOT, free_port, status, wait_until
+from tests.needs import tool
 from tests.sysmgr import SystemdUser
 
 UNIT = ROOT / "systemd" / "setpoint.service"
@@ -60,12 +60,7 @@ domains:  # CEL under MemoryDenyWriteExecute= and the syscall filter
 
 
 def analyze_or_skip() -> str:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("systemd-analyze not found")
-        pytest.skip("systemd-analyze not found (Debian package systemd)")
-    return tool
+    return tool("systemd-analyze", "systemd")
 
 
 def test_exposure_is_at_most_2() -> None:
