@@ -145,13 +145,18 @@ def test_invalid_goals_at_start_exit_2_with_locations(tmp_path: Path) -> None:
         assert f"{goals}:3:9: unknown key 'unitt'" in agent.output()
 
 
+def wait_for_flag(agent: AgentProcess, state: Path) -> None:
+    """Until the agent is up and the Flag domain's goal holds."""
+    agent.wait_started()
+    wait_until(lambda: status(state)["domains"].get("Flag", {}).get("satisfied", False), 20,
+               "the goal to hold")  # fmt: skip
+
+
 def test_reload_with_bad_goals_keeps_the_last_good_ones(tmp_path: Path) -> None:
     goals = write(tmp_path / "g.yaml", CHAIN.replace("SECONDS", "0"))
     state = tmp_path / "state"
     with AgentProcess(goals, state) as agent:
-        agent.wait_started()
-        wait_until(lambda: status(state)["domains"].get("Flag", {}).get("satisfied", False), 20,
-                   "the goal to hold")  # fmt: skip
+        wait_for_flag(agent, state)
         write(goals, "apiVersion: setpoint/v1\ndomains:\n  Flag:\n    goal: 1 +\n")
         agent.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "reload rejected" in agent.output(), 10, "the reload to be rejected")
@@ -176,9 +181,7 @@ def test_history_filters_by_service_and_time(tmp_path: Path) -> None:
     goals = write(tmp_path / "g.yaml", CHAIN.replace("SECONDS", "0"))
     state = tmp_path / "state"
     with AgentProcess(goals, state) as agent:
-        agent.wait_started()
-        wait_until(lambda: status(state)["domains"].get("Flag", {}).get("satisfied", False), 20,
-                   "the goal to hold")  # fmt: skip
+        wait_for_flag(agent, state)
         assert agent.stop() == 0
     rows = journal_rows(state)
     assert rows and all("input" in r for r in rows)
