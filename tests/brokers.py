@@ -6,7 +6,6 @@ Missing binaries skip the test, except under CI=true, where they fail it.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import threading
@@ -23,6 +22,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.agentproc import free_port, wait_until
+from tests.needs import unavailable
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
@@ -32,12 +32,8 @@ USER, PASSWORD = "setpoint", "pw-Zq81-never-logged"
 
 def need(binary: str, package: str) -> None:
     """Skip (fail under CI=true) when `binary` is missing."""
-    if Path(binary).exists():
-        return
-    reason = f"{binary} not installed (Debian package {package}; `make setup` installs it)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    if not Path(binary).exists():
+        unavailable(f"{binary} not installed (Debian package {package}; `make setup` installs it)")
 
 
 def _listening(port: int) -> bool:
