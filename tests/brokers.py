@@ -22,7 +22,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.agentproc import free_port, wait_until
-from tests.needs import unavailable
+from tests.needs import tool, unavailable
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
@@ -107,8 +107,10 @@ def make_certificates(workdir: Path) -> None:
     ext = workdir / "san.cnf"
     ext.write_text("subjectAltName=IP:127.0.0.1\n")
 
+    binary = tool("openssl", "openssl")
+
     def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=workdir, check=True, capture_output=True)
+        subprocess.run([binary, *args], cwd=workdir, check=True, capture_output=True)
 
     ca = ["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=setpoint CA"]
     openssl("req", "-x509", *ec, *ca)
