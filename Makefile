@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := systemd dbus-user-session mosquitto prometheus prometheus-alertmanager polkitd
+DEB_PACKAGES := systemd dbus-user-session mosquitto prometheus prometheus-alertmanager polkitd openssl
 STATE_DIR ?= $(CURDIR)/run/state
 METRICS_PORT ?= 9477
 
