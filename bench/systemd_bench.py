@@ -87,9 +87,10 @@ async def reaction(mgr: SystemdUser, work: Path) -> dict[str, float]:
     }
     for unit in end_to_end:
         await wait_active(mgr, unit)
-    for _ in range(KILLS):
-        for unit, samples in end_to_end.items():
-            samples.append(await kill_and_time(mgr, probe, unit))
+    for i in range(KILLS):
+        order = list(end_to_end) if i % 2 == 0 else list(reversed(end_to_end))  # no order bias
+        for unit in order:
+            end_to_end[unit].append(await kill_and_time(mgr, probe, unit))
     daemon.request_stop()
     await task
     agent, floor = end_to_end["sp-bench-agent.service"], end_to_end["sp-bench-floor.service"]
