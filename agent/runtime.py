@@ -17,11 +17,14 @@ from agent.core.actions import Action, Log, Resync, is_tracked
 from agent.core.inputs import ActionCompleted, Input, input_time
 from agent.core.state import State
 from agent.core.step import restore, step
+from agent.errors import JournalError
 from agent.journal import Entry, Journal
 from agent.lanes import Lanes
 from agent.metrics import Metrics
 
 log = logging.getLogger("setpoint.runtime")
+COMMIT_ATTEMPTS = 10
+"""About half a minute of back-off before a failing journal stops the agent."""
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
 
@@ -112,7 +115,7 @@ class Runtime:
             state = new
             actions.extend(out)
         stepped = time.perf_counter()
-        await self.journal.commit(entries, state)
+        await self._commit(entries, state)
         self._account(len(batch), len(entries), stepped - started, time.perf_counter() - stepped)
         self.state = state
         if entries:
@@ -121,6 +124,22 @@ class Runtime:
         self._act(actions)
         async with self._changed:
             self._changed.notify_all()
+
+    async def _commit(self, entries: list[Entry], state: State) -> None:
+        """Commit, retrying a failing journal with back-off (the loop waits: nothing runs
+        before its decision is durable); give up, and let the agent exit, after a while."""
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                await self.journal.commit(entries, state)
+                return
+            except JournalError as err:
+                if self.metrics is not None:
+                    self.metrics.journal_errors.inc()
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                delay = min(5.0, 0.1 * 2**attempt)
+                log.error("journal commit failed, retrying in %.1fs: %s", delay, err)
+                await asyncio.sleep(delay)
 
     def _completed(self, state: State, inp: Input) -> tuple[int, ...]:
         """The id `inp` completes, if it completes a pending action."""

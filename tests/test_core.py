@@ -484,3 +484,20 @@ def test_domain_waits_while_the_agent_restarts_the_service() -> None:
     h.observe("db-primary.service", "active", "running", 2.1)
     assert effects(h.tracked(ActionCompleted(restart[0].id, True, 2.2))) == []
     assert h.state.domains["DatabaseRouting"].satisfied  # recovered in place: no failover
+
+
+def test_on_unhealthy_alert_alerts_at_once_and_does_not_restart() -> None:
+    h = Harness()
+    goals = GoalSet(
+        services=(service("db", probes=("hz",), on_unhealthy="alert"),),
+        probes=(http_probe("hz", failures=1),),
+        sinks=(AlertSink("hook", "webhook", url="http://h"),),
+    )
+    h.load(goals)
+    h.observe("db.service", "active", "running", 1)
+    h.feed(ProbeResult("hz", True, 0.01, 2))
+    assert jobs(h.tracked(ProbeResult("hz", False, 0.01, 3, "HTTP 500"))) == []
+    assert sends(h.tracked(Tick(4))) == [("hook", "ServiceUnhealthy", True)]
+    h.feed(ProbeResult("hz", True, 0.01, 5))
+    assert sends(h.tracked(Tick(6))) == []  # the firing delivery is still in flight
+    assert h.state.alerts["ServiceUnhealthy:db"].alert.firing is False

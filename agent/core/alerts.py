@@ -14,6 +14,7 @@ from immutables import Map
 
 from agent.core.actions import Alert, SendAlert
 from agent.core.draft import Draft, evolve
+from agent.core.lifecycle import UP
 from agent.core.spec import AlertSink, Severity
 from agent.core.state import AlertState, Delivery, ServiceState
 
@@ -29,6 +30,7 @@ def service_rules(draft: Draft, name: str, svc: ServiceState, now: float) -> Non
     if quiet and len(svc.recent) < spec.thrash_transitions and not _any_for(draft, name):
         return
     held = now - svc.since
+    unhealthy = svc.health == "unhealthy" and draft.service_spec(name).on_unhealthy == "alert"
     window = [t for t in svc.recent if t > now - spec.thrash_window]
     rules: list[tuple[str, bool, Severity, str]] = [
         ("ServiceError", svc.lifecycle == "Error" and held >= spec.error_for, "critical",
@@ -40,6 +42,7 @@ def service_rules(draft: Draft, name: str, svc: ServiceState, now: float) -> Non
         ("ServiceThrashing", len(window) >= spec.thrash_transitions, "warning",
          f"{name}: {len(window)} transitions in {spec.thrash_window:g}s"),
         ("RestartLimitReached", svc.gave_up, "critical", f"{name}: {svc.reason}"),
+        ("ServiceUnhealthy", unhealthy and svc.active in UP, "warning", f"{name}: {svc.reason}"),
     ]  # fmt: skip
     for rule, active, severity, summary in rules:
         set_alert(draft, rule, name, active, severity, summary, now)
@@ -47,7 +50,7 @@ def service_rules(draft: Draft, name: str, svc: ServiceState, now: float) -> Non
 
 _SERVICE_RULES = (
     "ServiceError", "ServiceStartingTooLong", "ServiceStoppingTooLong", "ServiceThrashing",
-    "RestartLimitReached",
+    "RestartLimitReached", "ServiceUnhealthy",
 )  # fmt: skip
 
 
