@@ -1,5 +1,6 @@
 """Seed 001's DatabaseRouting scenario end to end, with real processes: a real health endpoint,
-a real exec route hook, a real (at first absent) pager, and the agent as a subprocess."""
+a real exec route hook, an alert effect to a webhook sink that is down at first, and the agent
+as a subprocess."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from tests.agentproc import ROOT, AgentProcess, free_port, journal_rows, status,
 
 GOALS = """\
 apiVersion: setpoint/v1
+sinks:
+  pager: {{webhook: {{url: "http://127.0.0.1:{pager}/page"}}}}
 probes:
   primary-hz:
     http: {{url: "http://127.0.0.1:{port}/healthz"}}
@@ -45,7 +48,7 @@ domains:
       TriggerPagerDuty:
         when: primary_status == "failed" && alert_sent == false
         effects:
-          - http: {{url: "http://127.0.0.1:{pager}/page", body: '{{"summary": "Primary DB Down"}}'}}
+          - alert: {{summary: Primary DB Down, severity: critical}}
         set: {{alert_sent: true}}
         retry_after: 300ms
       AutoRestore:
@@ -59,7 +62,7 @@ HOOK += "os.replace(sys.argv[1] + '.tmp', sys.argv[1])"
 
 
 class Pager(BaseHTTPRequestHandler):
-    pages: ClassVar[list[dict[str, str]]] = []
+    pages: ClassVar[list[dict[str, object]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -114,7 +117,8 @@ def test_failover_does_not_wait_for_the_pager_and_restores_itself(
         Thread(target=server.serve_forever, daemon=True).start()
         try:
             wait_until(lambda: values(state)["satisfied"] is True, 20, "Reality B")
-            assert Pager.pages and Pager.pages[0] == {"summary": "Primary DB Down"}
+            assert Pager.pages and Pager.pages[0]["summary"] == "Primary DB Down"
+            assert Pager.pages[0]["status"] == "firing"
             assert values(state) == {
                 "satisfied": True, "primary_status": "failed", "active_route": "replica",
                 "alert_sent": True,
