@@ -78,14 +78,14 @@ def _after_service_change(draft: Draft, name: str, old: ServiceState, now: float
     if new.lifecycle != old.lifecycle:
         for dependant in draft.index.dependants.get(name, ()):
             services.reconcile(draft, dependant, now)
-    if (new.lifecycle, new.health, new.active, new.sub) != (
-        old.lifecycle,
-        old.health,
-        old.active,
-        old.sub,
-    ):
+    if _facts(new) != _facts(old):
         for dom in draft.index.service_to_domains.get(name, ()):
             domains.evaluate_domain(draft, dom, now)
+
+
+def _facts(svc: ServiceState) -> tuple[object, ...]:
+    """What domains see of a service (a job in flight hides it, see domains.facts)."""
+    return (svc.lifecycle, svc.health, svc.active, svc.sub, svc.job is None)
 
 
 def _probe_result(draft: Draft, res: ProbeResult) -> None:
