@@ -9,7 +9,8 @@ cannot do or what would point outside the test:
 - `StateDirectory=`/`ConfigurationDirectory=` (and their modes) are dropped: in a user manager
   they resolve under the manager's $HOME (~/.local/state, ~/.config), outside the test; the
   test passes its own --state-dir/--goals instead and makes them visible with `BindPaths=`
-  (PrivateTmp= hides the real /tmp, where pytest keeps them).
+  (PrivateTmp= hides the real /tmp, where pytest keeps them); the checkout, with its venv, is
+  bound read-only for the same reason (CI clones it under /tmp).
 - `ProtectHome=yes` becomes `ProtectHome=tmpfs` plus a read-only bind of the interpreter's
   prefix, only when the test interpreter lives under /root or /home (pyenv does); production
   uses /opt/setpoint/venv.
@@ -135,6 +136,7 @@ def user_variant(
             out += [
                 f"Environment=DBUS_SESSION_BUS_ADDRESS={mgr.bus_address}",
                 f"WorkingDirectory={ROOT}",
+                f"BindReadOnlyPaths={ROOT}",  # the checkout and its venv, even under /tmp
                 f"BindPaths={mgr.runtime_dir} {state.parent}",
                 f"StandardOutput=append:{state.parent / 'agent.log'}",
                 "StandardError=inherit",
