@@ -24,28 +24,44 @@ ALERTMANAGER_RESEND = 60.0
 
 
 def service_rules(draft: Draft, name: str, svc: ServiceState, now: float) -> None:
-    """Seed 000's rules for one service, plus the restart limit."""
-    spec = draft.service_spec(name).alerts
+    """Seed 000's rules for one service, plus the restart limit and unhealthy-with-alert."""
+    service = draft.service_spec(name)
+    spec = service.alerts
     quiet = svc.lifecycle == "Running" and not svc.gave_up
     if quiet and len(svc.recent) < spec.thrash_transitions and not _any_for(draft, name):
         return
     held = now - svc.since
-    unhealthy = svc.health == "unhealthy" and draft.service_spec(name).on_unhealthy == "alert"
-    window = [t for t in svc.recent if t > now - spec.thrash_window]
-    rules: list[tuple[str, bool, Severity, str]] = [
-        ("ServiceError", svc.lifecycle == "Error" and held >= spec.error_for, "critical",
-         f"{name} in Error for {held:.0f}s: {svc.reason}"),
+    thrash = 0
+    if len(svc.recent) >= spec.thrash_transitions:
+        thrash = sum(1 for t in svc.recent if t > now - spec.thrash_window)
+    unhealthy = svc.health == "unhealthy" and service.on_unhealthy == "alert"
+    rules: tuple[tuple[str, bool, Severity], ...] = (
+        ("ServiceError", svc.lifecycle == "Error" and held >= spec.error_for, "critical"),
         ("ServiceStartingTooLong", svc.lifecycle == "Starting" and held >= spec.starting_for,
-         "warning", f"{name} Starting for {held:.0f}s"),
+         "warning"),
         ("ServiceStoppingTooLong", svc.lifecycle == "Stopping" and held >= spec.stopping_for,
-         "warning", f"{name} Stopping for {held:.0f}s"),
-        ("ServiceThrashing", len(window) >= spec.thrash_transitions, "warning",
-         f"{name}: {len(window)} transitions in {spec.thrash_window:g}s"),
-        ("RestartLimitReached", svc.gave_up, "critical", f"{name}: {svc.reason}"),
-        ("ServiceUnhealthy", unhealthy and svc.active in UP, "warning", f"{name}: {svc.reason}"),
-    ]  # fmt: skip
-    for rule, active, severity, summary in rules:
-        set_alert(draft, rule, name, active, severity, summary, now)
+         "warning"),
+        ("ServiceThrashing", thrash >= spec.thrash_transitions, "warning"),
+        ("RestartLimitReached", svc.gave_up, "critical"),
+        ("ServiceUnhealthy", unhealthy and svc.active in UP, "warning"),
+    )  # fmt: skip
+    for rule, active, severity in rules:
+        if active or f"{rule}:{name}" in draft.alerts:
+            summary = _summary(rule, name, svc, held, thrash, spec.thrash_window)
+            set_alert(draft, rule, name, active, severity, summary, now)
+
+
+def _summary(
+    rule: str, name: str, svc: ServiceState, held: float, thrash: int, window: float
+) -> str:
+    """The one-line text of a service alert."""
+    if rule == "ServiceError":
+        return f"{name} in Error for {held:.0f}s: {svc.reason}"
+    if rule in ("ServiceStartingTooLong", "ServiceStoppingTooLong"):
+        return f"{name} {svc.lifecycle} for {held:.0f}s"
+    if rule == "ServiceThrashing":
+        return f"{name}: {thrash} transitions in {window:g}s"
+    return f"{name}: {svc.reason}"
 
 
 _SERVICE_RULES = (

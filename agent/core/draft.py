@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TypeVar
 
 from agent.core.actions import Action, Log, LogLevel, TrackedAction
@@ -76,7 +75,7 @@ class Draft:
             and self.goals is base.goals
         ):
             return base
-        return replace(
+        return evolve(
             base,
             goals=self.goals,
             index=self.index,
