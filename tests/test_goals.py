@@ -778,3 +778,20 @@ def test_every_effect_and_probe_kind_builds() -> None:
         Effect("mqtt", topic="route", payload="{target}"),
         Effect("alert", summary="route moved", sink="am", severity="info"),
     )
+
+
+def test_dotted_name_with_a_dash_gets_a_bracket_hint() -> None:
+    found = bad(
+        """\
+        probes:
+          web-health: {http: {url: "http://127.0.0.1:1/"}}
+        domains:
+          D:
+            state:
+              ok: {type: bool, default: false}
+            goal: probes.web-health.healthy
+        """
+    )
+    assert "g.yaml:8:11: goal: unknown probe 'web'" in found[0]
+    assert found[1].startswith("g.yaml:8:28: goal: undeclared reference to 'health.healthy'")
+    assert found[1].endswith("""(write probes["web-health"]: a name with '-' needs brackets)""")

@@ -103,12 +103,23 @@ def _expr(
         compile_expr(text, decls, want)
     except ExprError as err:
         offset = offset_of(text, err.line, err.col)
-        yield _at(dom, loc, offset, f"{loc[-1]}: {err.message}")
+        yield _at(dom, loc, offset, f"{loc[-1]}: {err.message}{_dotted_hint(text)}")
     for kind, name in references(text):
         table = merged.services if kind == "services" else merged.probes
         if name not in table:
             message = f"{loc[-1]}: {unknown(kind[:-1], name, table)}"
             yield _at(dom, loc, _reference(text, kind, name), message)
+
+
+_DOTTED = re.compile(r"\b(services|probes)\.([A-Za-z_][\w]*(?:-[\w]+)+)")
+
+
+def _dotted_hint(text: str) -> str:
+    """`probes.web-health` parses as a subtraction: say how to write the name."""
+    found = _DOTTED.search(text)
+    if found is None:
+        return ""
+    return f" (write {found.group(1)}[\"{found.group(2)}\"]: a name with '-' needs brackets)"
 
 
 def _reference(text: str, kind: str, name: str) -> int:
