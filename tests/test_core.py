@@ -501,3 +501,19 @@ def test_on_unhealthy_alert_alerts_at_once_and_does_not_restart() -> None:
     h.feed(ProbeResult("hz", True, 0.01, 5))
     assert sends(h.tracked(Tick(6))) == []  # the firing delivery is still in flight
     assert h.state.alerts["ServiceUnhealthy:db"].alert.firing is False
+
+
+def test_a_service_member_is_judged_by_the_service_probes() -> None:
+    h = Harness()
+    group = FailoverGroup(
+        "db", (Member("primary", service="pg"), Member("replica", probes=("r-hz",))),
+        switch_after=1, effects=(Effect("file", path="/run/route"),),
+    )  # fmt: skip
+    h.load(GoalSet(
+        services=(service("pg", probes=("pg-hz",), desired="unmanaged"),),
+        probes=(http_probe("pg-hz", failures=1), http_probe("r-hz")),
+        groups=(group,),
+    ))  # fmt: skip
+    h.tracked(ProbeResult("r-hz", True, 0.01, 1))
+    h.feed(ActionCompleted(next(iter(h.state.pending)), True, 1.1))
+    assert route_targets(h.tracked(ProbeResult("pg-hz", True, 0.01, 2))) == ["primary"]
