@@ -15,7 +15,7 @@ OUTPUT_LIMIT = 4096
 
 def argv_for(action: RunEffect) -> list[str]:
     """The effect's argv with `{target}` replaced by the route target, if any."""
-    return [arg.replace("{target}", action.target) for arg in action.effect.argv]
+    return [action.fill(arg) for arg in action.effect.argv]
 
 
 async def run_exec(action: TrackedAction) -> str:

@@ -17,20 +17,16 @@ from agent.core.actions import RunEffect, TrackedAction
 from agent.errors import PermanentError, TransientError
 
 
-def _effect(action: TrackedAction, kind: str) -> RunEffect:
+def effect_action(action: TrackedAction, kind: str) -> RunEffect:
+    """`action` as a RunEffect of `kind`; anything else on that lane is a PermanentError."""
     if not isinstance(action, RunEffect) or action.effect.kind != kind:
         raise PermanentError(f"action {action.id} is not a {kind} effect")
     return action
 
 
-def fill(text: str, action: RunEffect) -> str:
-    """`{target}` replaced by the route target."""
-    return text.replace("{target}", action.target)
-
-
 async def write_file(action: TrackedAction) -> str:
     """Write the target (plus a newline) to the effect's path: temp file, fsync, rename."""
-    effect = _effect(action, "file")
+    effect = effect_action(action, "file")
     content = (effect.target or effect.reason) + "\n"
     try:
         await asyncio.to_thread(atomic_write, Path(effect.effect.path), content.encode())
@@ -70,12 +66,12 @@ class Webhook:
         self._session: aiohttp.ClientSession | None = None
 
     async def __call__(self, action: TrackedAction) -> str:
-        effect = _effect(action, "http")
+        effect = effect_action(action, "http")
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         headers = {"X-Setpoint-Action-Id": str(action.id), "Content-Type": "application/json"}
-        body = fill(effect.effect.body, effect) if effect.effect.body else None
-        url = fill(effect.effect.url, effect)
+        body = effect.fill(effect.effect.body) if effect.effect.body else None
+        url = effect.fill(effect.effect.url)
         try:
             async with self._session.request(
                 effect.effect.method, url, data=body, headers=headers

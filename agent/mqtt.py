@@ -25,10 +25,11 @@ from collections.abc import Callable
 import aiomqtt
 
 from agent import mqtt_commands
-from agent.core.actions import RunEffect, TrackedAction
+from agent.core.actions import TrackedAction
 from agent.core.inputs import Input, OperatorCommand
 from agent.core.state import State
 from agent.errors import PermanentError, TransientError
+from agent.hooks import effect_action
 from agent.mqtt_config import MqttConfig
 from agent.mqtt_state import Projection
 
@@ -148,13 +149,12 @@ class MqttLink:
 
     async def effect(self, action: TrackedAction) -> str:
         """Executor of the `mqtt` lane: a route or domain effect's message (route ones retained)."""
-        if not isinstance(action, RunEffect) or action.effect.kind != "mqtt":
-            raise PermanentError(f"action {action.id} is not an mqtt effect")
-        topic = action.effect.topic.replace("{target}", action.target)
-        payload = action.effect.payload.replace("{target}", action.target) or action.target
+        effect = effect_action(action, "mqtt")
+        topic = effect.fill(effect.effect.topic)
+        payload = effect.fill(effect.effect.payload) or effect.target
         if not topic or any(c in topic for c in "+#"):
             raise PermanentError(f"invalid MQTT topic {topic!r}")
-        await self.publish(topic, payload.encode(), retain=bool(action.target))
+        await self.publish(topic, payload.encode(), retain=bool(effect.target))
         return f"published to {topic}"
 
     # -- the connection task ----------------------------------------------------------------

@@ -91,7 +91,7 @@ def effect_alert(action: RunEffect, now: float) -> Alert:
     labels = [("alertname", name), ("severity", action.effect.severity), ("subject", subject)]
     if action.target:
         labels.append(("target", action.target))
-    summary = action.effect.summary.replace("{target}", action.target)
+    summary = action.fill(action.effect.summary)
     return Alert(f"{name}:{subject}", name, tuple(labels), summary, action.effect.severity, True,
                  now, now + EXPIRY)  # fmt: skip
 

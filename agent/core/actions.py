@@ -39,6 +39,10 @@ class RunEffect:
     def lane(self) -> str:
         return self.effect.kind
 
+    def fill(self, text: str) -> str:
+        """`text` with `{target}` replaced by the route target (empty outside routes)."""
+        return text.replace("{target}", self.target)
+
 
 @dataclass(frozen=True)
 class Alert:
