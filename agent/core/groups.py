@@ -24,17 +24,6 @@ from agent.core.state import GroupState
 RETRY_AFTER = 5.0
 
 
-def member_probes(draft: Draft, group: FailoverGroup) -> list[tuple[str, tuple[str, ...]]]:
-    """(member, its probes): a service member uses the service's probes."""
-    out = []
-    for member in group.members:
-        probes = member.probes
-        if not probes and member.service in draft.index.services:
-            probes = draft.index.services[member.service].probes
-        out.append((member.name, probes))
-    return out
-
-
 def _status(draft: Draft, probes: tuple[str, ...]) -> tuple[str, float]:
     """("good" | "degraded" | "down", the slowest probe latency)."""
     states = [draft.probes.get(p) for p in probes]
@@ -47,7 +36,7 @@ def _status(draft: Draft, probes: tuple[str, ...]) -> tuple[str, float]:
 
 def choose(draft: Draft, group: FailoverGroup, current: str) -> str:
     """The member that should have the route now; "" when every member is down. Pure."""
-    status = {m: _status(draft, probes) for m, probes in member_probes(draft, group)}
+    status = {m: _status(draft, probes) for m, probes in draft.index.members[group.name]}
     preferred = group.members[0].name
     if group.auto_restore and status[preferred][0] == "good":
         return preferred

@@ -118,6 +118,7 @@ class Index:
     domains: Map[str, DomainSpec] = field(default_factory=Map)
     decls: Map[str, tuple[tuple[str, VarType], ...]] = field(default_factory=Map)
     groups: Map[str, FailoverGroup] = field(default_factory=Map)
+    members: Map[str, tuple[tuple[str, tuple[str, ...]], ...]] = field(default_factory=Map)
     probe_to_groups: Map[str, tuple[str, ...]] = field(default_factory=Map)
     unit_to_service: Map[str, str] = field(default_factory=Map)
     probe_to_services: Map[str, tuple[str, ...]] = field(default_factory=Map)

@@ -185,16 +185,24 @@ def build_index(goals: GoalSet) -> Index:
                 target = svc_doms if kind == "services" else probe_doms
                 if dom.name not in target.setdefault(name, []):
                     target[name].append(dom.name)
+    specs = {s.name: s for s in goals.services}
+    members = {
+        g.name: tuple(
+            (m.name, m.probes or (specs[m.service].probes if m.service in specs else ()))
+            for m in g.members
+        )
+        for g in goals.groups
+    }  # a service member is judged by its service's probes
     probe_groups: dict[str, list[str]] = {}
-    for group in goals.groups:
-        for member in group.members:
-            owner = next((s for s in goals.services if s.name == member.service), None)
-            for probe in member.probes or (owner.probes if owner else ()):
-                probe_groups.setdefault(probe, []).append(group.name)
+    for group, judged in members.items():
+        for _, checks in judged:
+            for probe in checks:
+                probe_groups.setdefault(probe, []).append(group)
     return Index(
         groups=Map({g.name: g for g in goals.groups}),
+        members=Map(members),
         probe_to_groups=Map({k: tuple(dict.fromkeys(v)) for k, v in probe_groups.items()}),
-        services=Map({s.name: s for s in goals.services}),
+        services=Map(specs),
         probes=Map({p.name: p for p in goals.probes}),
         domains=Map({d.name: d for d in goals.domains}),
         decls=Map(
