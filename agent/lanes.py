@@ -50,8 +50,10 @@ class Lanes:
         clock: Callable[[], float],
         *,
         concurrency: int = 32,
+        on_retry: Callable[[str], None] = lambda _lane: None,
     ) -> None:
         self._submit = submit
+        self._on_retry = on_retry
         self._clock = clock
         self._executors: dict[str, tuple[Executor, RetryPolicy]] = {}
         self._limits: dict[str, asyncio.Semaphore] = {}
@@ -138,6 +140,7 @@ class Lanes:
 
     def _note_retry(self, action: TrackedAction, outcome: object) -> None:
         self.retries += 1
+        self._on_retry(action.lane.split(":", 1)[0])
         log.warning("action %d on lane %s will retry: %s", action.id, action.lane, outcome)
 
     def _report(self, action: TrackedAction, ok: bool, detail: str, *, permanent: bool) -> None:

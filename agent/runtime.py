@@ -53,7 +53,7 @@ class Runtime:
         self.journal = journal
         self.state = state
         self.clock = clock
-        self.lanes = Lanes(self.submit, clock)
+        self.lanes = Lanes(self.submit, clock, on_retry=self._retried)
         self.mailbox: asyncio.Queue[Input | None] = asyncio.Queue()
         self.stats = Stats()
         self._on_resync = on_resync
@@ -140,6 +140,10 @@ class Runtime:
                 delay = min(5.0, 0.1 * 2**attempt)
                 log.error("journal commit failed, retrying in %.1fs: %s", delay, err)
                 await asyncio.sleep(delay)
+
+    def _retried(self, lane: str) -> None:
+        if self.metrics is not None:
+            self.metrics.retries.labels(lane).inc()
 
     def _completed(self, state: State, inp: Input) -> tuple[int, ...]:
         """The id `inp` completes, if it completes a pending action."""

@@ -17,8 +17,9 @@ from agent.core.actions import TrackedAction
 from agent.core.inputs import GoalsLoaded, Tick
 from agent.core.spec import DomainSpec, Effect, GoalSet, StateVar, Transition
 from agent.core.state import State
-from agent.errors import JournalError
+from agent.errors import JournalError, TransientError
 from agent.journal import Entry, Journal
+from agent.lanes import RetryPolicy
 from agent.metrics import Metrics
 from agent.runtime import Runtime
 from tests.agentproc import AgentProcess, cli, journal_rows, status, wait_until
@@ -261,3 +262,24 @@ async def test_a_failing_commit_is_retried_and_counted(
     await journal.close()
     assert FlakyJournal.failures == 0 and ran == [1] and 1 in state.pending
     assert "setpoint_journal_errors_total 2.0" in metrics.render().decode()
+
+
+async def test_effect_retries_are_counted_per_lane(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / "state")
+    metrics = Metrics(State)
+    rt = Runtime(journal, State(), metrics=metrics)
+    calls: list[int] = []
+
+    async def flaky(action: TrackedAction) -> str:
+        calls.append(action.id)
+        if len(calls) < 2:
+            raise TransientError("refused")
+        return "ok"
+
+    rt.lanes.register("exec", flaky, RetryPolicy(attempts=3, initial=0.01, maximum=0.02))
+    rt.submit(GoalsLoaded(fan_out_goals(1), 0.0))
+    rt.stop()
+    await rt.run()
+    assert await rt.lanes.drain(5)
+    await journal.close()
+    assert 'setpoint_action_retries_total{lane="exec"} 1.0' in metrics.render().decode()

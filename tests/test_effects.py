@@ -87,7 +87,8 @@ async def test_transient_failures_retry_then_succeed() -> None:
             raise TransientError("connection refused")
         return "delivered"
 
-    lanes = Lanes(rec.submit, time.time)
+    retried: list[str] = []
+    lanes = Lanes(rec.submit, time.time, on_retry=retried.append)
     lanes.register("alert", flaky, FAST)
     lanes.dispatch(alert(7))
     await rec.wait(1)
@@ -96,7 +97,7 @@ async def test_transient_failures_retry_then_succeed() -> None:
         True,
         "delivered",
     )
-    assert calls == [7, 7, 7] and lanes.retries == 2
+    assert calls == [7, 7, 7] and lanes.retries == 2 and retried == ["alert", "alert"]
 
 
 async def test_permanent_failure_is_not_retried_and_exhaustion_reports_failure() -> None:
