@@ -13,14 +13,17 @@ import contextlib
 import os
 import signal
 import statistics
+import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent.core.actions import TrackedAction, UnitJob
 from agent.core.inputs import Input, UnitObserved
 from agent.daemon import Daemon, Options
 from agent.lanes import RetryPolicy
+from agent.systemd import unit_path
 from tests.agentproc import AgentProcess, status, wait_until
 from tests.sysmgr import SystemdUser
 
@@ -28,12 +31,13 @@ KILLS = int(os.environ.get("SETPOINT_BENCH_KILLS", "100"))
 IDLE_UNITS = int(os.environ.get("SETPOINT_BENCH_UNITS", "1000"))
 SLEEPER = "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sleep infinity\n"
 FLOOR = SLEEPER + "Restart=always\nRestartSec=0\n"
-GOALS = """apiVersion: setpoint/v1
+AGENT_UNIT, FLOOR_UNIT = "sp-bench-agent.service", "sp-bench-floor.service"
+GOALS = f"""apiVersion: setpoint/v1
 services:
   agent-managed:
-    unit: sp-bench-agent.service
-    restart: {backoff: 0s, limit: 1000000, window: 1s}
-  systemd-managed: {unit: sp-bench-floor.service, desired: unmanaged}
+    unit: {AGENT_UNIT}
+    restart: {{backoff: 0s, limit: 1000000, window: 1s}}
+  systemd-managed: {{unit: {FLOOR_UNIT}, desired: unmanaged}}
 """
 
 
@@ -47,6 +51,7 @@ class Probe:
 
     def __init__(self) -> None:
         self.failed_at: dict[str, float] = {}
+        self.down_seen: dict[str, float] = {}
         self.active_at: dict[str, float] = {}
         self.reaction: list[float] = []
         self.changed = asyncio.Event()
@@ -56,6 +61,7 @@ class Probe:
             now = time.time()
             if inp.active in ("failed", "inactive", "deactivating"):
                 self.failed_at.setdefault(inp.unit, inp.at)
+                self.down_seen.setdefault(inp.unit, inp.at)
             elif inp.active == "active":
                 self.active_at[inp.unit] = now
             self.changed.set()
@@ -81,27 +87,48 @@ async def reaction(mgr: SystemdUser, work: Path) -> dict[str, float]:
         return await adapter.run_job(action.unit, action.op, 30)
 
     rt.lanes.register("systemd", timed_job, RetryPolicy(attempts=3, initial=0.2))
-    end_to_end: dict[str, list[float]] = {
-        "sp-bench-agent.service": [],
-        "sp-bench-floor.service": [],
-    }
-    for unit in end_to_end:
+    kills: dict[str, list[Kill]] = {AGENT_UNIT: [], FLOOR_UNIT: []}
+    for unit in kills:
         await wait_active(mgr, unit)
     for i in range(KILLS):
-        order = list(end_to_end) if i % 2 == 0 else list(reversed(end_to_end))  # no order bias
+        order = list(kills) if i % 2 == 0 else list(reversed(kills))  # no order bias
         for unit in order:
-            end_to_end[unit].append(await kill_and_time(mgr, probe, unit))
+            kills[unit].append(await kill_and_time(mgr, probe, unit))
     daemon.request_stop()
     await task
-    agent, floor = end_to_end["sp-bench-agent.service"], end_to_end["sp-bench-floor.service"]
+    agent, floor = kills[AGENT_UNIT], kills[FLOOR_UNIT]
     return {
         "reaction_p50_ms": pct(probe.reaction, 0.5) * 1000,
         "reaction_p99_ms": pct(probe.reaction, 0.99) * 1000,
-        "agent_median_ms": statistics.median(agent) * 1000,
-        "floor_median_ms": statistics.median(floor) * 1000,
-        "ratio": statistics.median(agent) / statistics.median(floor),
+        "agent_median_ms": median_ms(agent, "total"),
+        "floor_median_ms": median_ms(floor, "total"),
+        "ratio": median_ms(agent, "total") / median_ms(floor, "total"),
         "samples": len(probe.reaction),
+        "floor_job_ms": median_ms(floor, "job_began"),
+        "signal_ms": median_ms(agent, "down_seen"),
+        "agent_job_ms": median_ms(agent, "job_began"),
+        "agent_spawn_ms": median_ms(agent, "spawned"),
+        "floor_spawn_ms": median_ms(floor, "spawned"),
     }
+
+
+@dataclass
+class Kill:
+    """One kill, in seconds from the kill; job_began and spawned come from systemd's clock."""
+
+    total: float
+    """until the agent saw the unit active again"""
+    down_seen: float
+    """until the agent saw the unit go down (the D-Bus signal)"""
+    job_began: float
+    """until the start job began running in systemd (ConditionTimestamp)"""
+    spawned: float
+    """from the job beginning until the unit was active (ActiveEnterTimestamp)"""
+
+
+def median_ms(kills: list[Kill], name: str) -> float:
+    values: list[float] = [getattr(k, name) for k in kills]
+    return statistics.median(values) * 1000
 
 
 async def wait_active(mgr: SystemdUser, unit: str) -> None:
@@ -112,19 +139,33 @@ async def wait_active(mgr: SystemdUser, unit: str) -> None:
     raise RuntimeError(f"{unit} never became active")
 
 
-async def kill_and_time(mgr: SystemdUser, probe: Probe, unit: str) -> float:
+async def kill_and_time(mgr: SystemdUser, probe: Probe, unit: str) -> Kill:
     pid = await asyncio.to_thread(mgr.main_pid, unit)
-    probe.active_at.pop(unit, None)
-    probe.failed_at.pop(unit, None)
     await asyncio.sleep(0.05)
-    probe.active_at.pop(unit, None)
+    for seen in (probe.active_at, probe.failed_at, probe.down_seen):
+        seen.pop(unit, None)
     killed = time.time()
     os.kill(pid, signal.SIGKILL)
     async with asyncio.timeout(10):
         while probe.active_at.get(unit, 0.0) <= killed:
             probe.changed.clear()
             await probe.changed.wait()
-    return probe.active_at[unit] - killed
+    began, active = await asyncio.to_thread(timestamps, mgr, unit)
+    return Kill(
+        total=probe.active_at[unit] - killed,
+        down_seen=probe.down_seen.get(unit, killed) - killed,
+        job_began=began - killed,
+        spawned=active - began,
+    )
+
+
+def timestamps(mgr: SystemdUser, unit: str) -> tuple[float, float]:
+    """systemd's ConditionTimestamp and ActiveEnterTimestamp of `unit`, in seconds."""
+    argv = ["busctl", "--user", "get-property", "org.freedesktop.systemd1", unit_path(unit)]
+    argv += ["org.freedesktop.systemd1.Unit", "ConditionTimestamp", "ActiveEnterTimestamp"]
+    out = subprocess.run(argv, env=mgr.env, capture_output=True, text=True, check=True).stdout
+    began, active = (int(line.split()[1]) / 1e6 for line in out.splitlines())
+    return began, active
 
 
 def idle(mgr: SystemdUser, work: Path) -> dict[str, float]:
@@ -171,10 +212,10 @@ def rss_mb(pid: int) -> float:
 def main() -> None:
     mgr = SystemdUser.start()
     try:
-        mgr.write_unit("sp-bench-agent.service", SLEEPER)
-        mgr.write_unit("sp-bench-floor.service", FLOOR)
+        mgr.write_unit(AGENT_UNIT, SLEEPER)
+        mgr.write_unit(FLOOR_UNIT, FLOOR)
         mgr.daemon_reload()
-        mgr.systemctl("start", "sp-bench-floor.service", check=True)
+        mgr.systemctl("start", FLOOR_UNIT, check=True)
         with tempfile.TemporaryDirectory() as tmp:
             r = asyncio.run(reaction(mgr, Path(tmp)))
             print(
@@ -186,6 +227,13 @@ def main() -> None:
                 f"kill -> active again: agent median {r['agent_median_ms']:.1f} ms, "
                 f"systemd Restart=always median {r['floor_median_ms']:.1f} ms, "
                 f"ratio {r['ratio']:.2f} (target <= 1.0)"
+            )
+            print(
+                f"  medians from the kill: systemd began its own restart job at "
+                f"{r['floor_job_ms']:.1f} ms; the unit's death signal reached the agent at "
+                f"{r['signal_ms']:.1f} ms and the agent's start job began at "
+                f"{r['agent_job_ms']:.1f} ms; job -> active took {r['agent_spawn_ms']:.1f} ms "
+                f"(agent) and {r['floor_spawn_ms']:.1f} ms (systemd)"
             )
             i = idle(mgr, Path(tmp))
             print(
