@@ -80,7 +80,7 @@ class Daemon:
 
     async def serve(self) -> int:
         """Run until stopped; the exit status."""
-        goals = await asyncio.to_thread(load_goals, self.opts.goals)
+        goals = await self._read_goals()
         journal = await Journal.open(self.opts.state_dir)
         try:
             state, _ = await journal.load()
@@ -105,6 +105,12 @@ class Daemon:
         finally:
             await journal.close()
         return 0
+
+    async def _read_goals(self) -> GoalSet:
+        """The goal files, checked against what this agent can do (MQTT needs a broker)."""
+        return await asyncio.to_thread(
+            load_goals, self.opts.goals, broker=self.opts.mqtt is not None
+        )
 
     def _state(self, initial: State) -> State:
         return self.runtime.state if self.runtime is not None else initial
@@ -171,7 +177,7 @@ class Daemon:
     async def reload(self) -> bool:
         """Validate the goal files again; switch to them only when they are valid."""
         try:
-            goals = await asyncio.to_thread(load_goals, self.opts.goals)
+            goals = await self._read_goals()
         except ConfigError as err:
             for problem in err.problems:
                 log.error("reload rejected, keeping the last good goals: %s", problem)

@@ -142,11 +142,21 @@ def test_sigterm_timeout_keeps_pending_actions_for_the_next_start(tmp_path: Path
         assert again.stop() == 0
 
 
-def test_invalid_goals_at_start_exit_2_with_locations(tmp_path: Path) -> None:
-    goals = write(tmp_path / "g.yaml", "apiVersion: setpoint/v1\nservices:\n  web: {unitt: x}\n")
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("services:\n  web: {unitt: x}\n", ":3:9: unknown key 'unitt'"),
+        ("sinks:\n  bus: {mqtt: {topic: a}}\n", ":3:9: sink 'bus' publishes to MQTT, but the "
+         "agent runs without an MQTT broker (--mqtt-url)"),
+    ],
+)  # fmt: skip
+def test_invalid_goals_at_start_exit_2_with_locations(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    goals = write(tmp_path / "g.yaml", "apiVersion: setpoint/v1\n" + body)
     with AgentProcess(goals, tmp_path / "state") as agent:
         assert agent.proc.wait(timeout=20) == 2
-        assert f"{goals}:3:9: unknown key 'unitt'" in agent.output()
+        assert f"{goals}{message}" in agent.output()
 
 
 def wait_for_flag(agent: AgentProcess, state: Path) -> None:

@@ -590,6 +590,37 @@ def test_unknown_references_get_a_hint() -> None:
     ]
 
 
+def test_mqtt_sinks_and_effects_need_an_agent_with_a_broker() -> None:
+    body = """\
+        groups:
+          g:
+            members: [{name: m, service: web}]
+            effects:
+              - mqtt: {topic: routes, payload: "{target}"}
+        domains:
+          d:
+            state: {up: {type: bool, default: true}}
+            goal: up
+            transitions:
+              t: {when: up, effects: [{alert: {summary: x}}, {mqtt: {topic: d}}]}
+        services:
+          web: {unit: a.service}
+        sinks:
+          hook: {webhook: {url: "http://127.0.0.1:1/x"}}
+          bus: {mqtt: {topic: alerts}}
+        """
+    name = write("g.yaml", HEAD + dedent(body))
+    assert load_goals([name]).groups[0].name == "g"  # a broker is assumed unless told otherwise
+    with pytest.raises(ConfigError) as info:
+        load_goals([name], broker=False)
+    no_broker = "but the agent runs without an MQTT broker (--mqtt-url)"
+    assert [str(p) for p in info.value.problems] == [
+        f"g.yaml:6:9: an mqtt effect, {no_broker}",
+        f"g.yaml:12:55: an mqtt effect, {no_broker}",
+        f"g.yaml:17:9: sink 'bus' publishes to MQTT, {no_broker}",
+    ]
+
+
 def test_references_may_point_into_other_files() -> None:
     write("a.yaml", HEAD + "services: {web: {unit: a.service, probes: [p], depends_on: [db]}}\n")
     write(

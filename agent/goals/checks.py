@@ -66,6 +66,27 @@ def _sinks(
             yield entry.problem(unknown("sink", sink, merged.sinks), *loc, i, "alert", "sink")
 
 
+NO_BROKER = "but the agent runs without an MQTT broker (--mqtt-url)"
+
+
+def broker_needed(merged: Merged) -> Iterator[Problem]:
+    """Sinks and effects that publish to MQTT, for an agent that has no broker."""
+    for sink in merged.sinks.values():
+        if sink.model.mqtt is not None:
+            message = f"sink '{sink.name}' publishes to MQTT, {NO_BROKER}"
+            yield sink.problem(message, "mqtt", key=True)
+    places: list[tuple[Entry[object], tuple[str, ...], list[EffectModel]]] = [
+        (g, ("effects",), g.model.effects) for g in merged.groups.values()
+    ]
+    for dom in merged.domains.values():
+        for name, tr in dom.model.transitions.items():
+            places.append((dom, ("transitions", name, "effects"), tr.effects))
+    for entry, loc, effects in places:
+        for i, fx in enumerate(effects):
+            if fx.mqtt is not None:
+                yield entry.problem(f"an mqtt effect, {NO_BROKER}", *loc, i, "mqtt", key=True)
+
+
 def cycles(services: Mapping[str, Entry[ServiceModel]]) -> Iterator[Problem]:
     """One problem per dependency cycle, at the first service of the cycle (by name)."""
     found: dict[frozenset[str], list[str]] = {}

@@ -27,9 +27,10 @@ SUFFIXES = (".yaml", ".yml")
 MAX_PROBLEMS = 100
 
 
-def load_goals(paths: Sequence[str | Path]) -> GoalSet:
+def load_goals(paths: Sequence[str | Path], *, broker: bool = True) -> GoalSet:
     """Load, validate and merge goal files; a directory means its *.yaml and *.yml files.
 
+    `broker=False` (an agent without MQTT) makes every MQTT sink and effect a problem.
     Raises ConfigError carrying every problem found, each at `file:line:col`.
     """
     files, problems = discover(paths)
@@ -52,6 +53,7 @@ def load_goals(paths: Sequence[str | Path]) -> GoalSet:
         checks.references(merged),
         checks.cycles(merged.services),
         expressions.check_domains(merged),
+        () if broker else checks.broker_needed(merged),
     )
     problems = capped(later)
     if problems:
