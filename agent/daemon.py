@@ -138,6 +138,8 @@ class Daemon:
         self.outputs = outputs.wire(
             rt, self.opts.mqtt, self.opts.hostname, http_port=self.opts.http_port, clock=self.clock
         )
+        if (link := self.outputs.mqtt) is not None:
+            metrics.watch_link("mqtt", lambda: link.connected)
         if self.opts.bus == "none":
             return
         self.systemd = SystemdAdapter(
@@ -147,6 +149,7 @@ class Daemon:
             resync_interval=self.opts.resync_interval,
         )
         adapter, timeout = self.systemd, self.opts.job_timeout
+        metrics.watch_link("systemd", lambda: adapter.connected)
 
         async def unit_job(action: TrackedAction) -> str:
             if isinstance(action, UnitJob):

@@ -157,6 +157,16 @@ class Metrics:
         self.journal_errors = Counter(
             "setpoint_journal_errors", "Journal operations that failed", registry=reg
         )
+        self.links = Gauge(
+            "setpoint_link_up",
+            "1 while the connection is up (systemd: subscribed and resynced; mqtt: to the broker)",
+            ["link"],
+            registry=reg,
+        )
+
+    def watch_link(self, name: str, up: Callable[[], bool]) -> None:
+        """Report `up()` as setpoint_link_up{link=name} at every scrape."""
+        self.links.labels(name).set_function(lambda: float(up()))
 
     def observe_probe(self, result: ProbeResult) -> None:
         self.probes.observe(result)

@@ -237,8 +237,8 @@ class SystemdAdapter:
 
     @property
     def connected(self) -> bool:
-        """True while subscribed on a live connection."""
-        return self._ready.is_set()
+        """True while subscribed on a live connection, with the manager on the bus."""
+        return self._ready.is_set() and self._owner is not None
 
     def watch(self, units: Iterable[str]) -> None:
         """Replace the set of watched units; new ones are fetched soon, dropped ones forgotten."""

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def metric(port: int, series: str) -> float:
+    """The value of one series (`name{labels}` as exposed) on the agent's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+    assert found, f"{series} not in /metrics"
+    return float(found.group(1))
 
 
 def free_port() -> int:
@@ -107,6 +118,9 @@ class AgentProcess:
             return "started:" in self.output()
 
         wait_until(up, timeout, "the agent to start")
+
+    def metric(self, series: str) -> float:
+        return metric(self.port, series)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         self.proc.send_signal(sig)

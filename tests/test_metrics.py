@@ -44,6 +44,7 @@ def test_promtool_check_metrics_is_clean() -> None:
         UnitJob(1, "web.service", "start", "web"), ActionCompleted(1, True, 4)
     )
     metrics.commit.observe(0.003)
+    metrics.watch_link("systemd", lambda: True)
     text = metrics.render()
     result = subprocess.run(
         [promtool(), "check", "metrics"], input=text, capture_output=True, check=False
@@ -62,6 +63,15 @@ def test_series_reflect_the_state() -> None:
     assert 'setpoint_domain_goal_satisfied{domain="DatabaseRouting"} 0.0' in text
     assert "setpoint_pending_actions 2.0" in text
     assert 'setpoint_build_info{version="0.1.0"} 1.0' in text
+
+
+def test_link_state_is_read_at_every_scrape() -> None:
+    metrics = Metrics(sample_state, lambda: 10.0)
+    up = [True]
+    metrics.watch_link("mqtt", lambda: up[0])
+    assert 'setpoint_link_up{link="mqtt"} 1.0' in metrics.render().decode()
+    up[0] = False
+    assert 'setpoint_link_up{link="mqtt"} 0.0' in metrics.render().decode()
 
 
 async def test_http_endpoint_serves_metrics_health_and_status() -> None:

@@ -39,6 +39,9 @@ sinks:
 """
 
 
+MQTT_UP = 'setpoint_link_up{link="mqtt"}'
+
+
 def host_name() -> str:
     return f"t-{uuid.uuid4().hex[:8]}"
 
@@ -111,8 +114,10 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
         with agent_for(tmp_path, host, broker.url) as agent:
             agent.wait_started()
             watch.wait(f"{base}/services/web", 10)
+            assert agent.metric(MQTT_UP) == 1.0
             broker.stop()
             wait_until(lambda: "retrying in" in agent.output(), 10, "the agent to notice")
+            assert agent.metric(MQTT_UP) == 0.0
             break_goals(agent, tmp_path, host, broken=True)  # an alert while the broker is down
             result = cli("maintenance", "on", "web", "--state-dir", str(tmp_path / "state"))
             assert result.returncode == 0, result.stderr  # still reconciling
@@ -129,6 +134,7 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
                 "the state that changed while the broker was down",
             )  # fmt: skip
             assert watch.payload(f"{base}/status") == b"online"
+            assert agent.metric(MQTT_UP) == 1.0
             assert agent.stop() == 0
     finally:
         watch.close()

@@ -25,7 +25,7 @@ def run_promtool(*args: str) -> str:
 
 
 def test_rules_are_valid() -> None:
-    assert "SUCCESS: 11 rules found" in run_promtool("check", "rules", "setpoint-rules.yml")
+    assert "SUCCESS: 12 rules found" in run_promtool("check", "rules", "setpoint-rules.yml")
 
 
 def test_rules_unit_tests_pass() -> None:

@@ -136,6 +136,7 @@ def test_reload_reexec_and_a_missing_unit(mgr: SystemdUser, tmp_path: Path) -> N
         for command in ("daemon-reload", "daemon-reexec"):
             mgr.systemctl(command, check=True)
             kill_and_await_restart(mgr, "sp-live.service", f"a restart after {command}")
+        assert agent.metric('setpoint_link_up{link="systemd"}') == 1.0
         assert agent.proc.poll() is None
         assert agent.stop() == 0
 

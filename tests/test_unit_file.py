@@ -26,14 +26,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.agentproc import ROOT, free_port, status, wait_until
+from tests.agentproc import ROOT, free_port, metric, status, wait_until
 from tests.needs import tool
 from tests.sysmgr import SystemdUser
 
@@ -171,11 +170,7 @@ class Installed:
         return self.mgr.show(self.name, prop)
 
     def metric(self, name: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-        assert found, f"{name} not in /metrics"
-        return float(found.group(1))
+        return metric(self.port, name)
 
     def probe_healthy(self, probe: str) -> bool:
         return self.metric(f'setpoint_probe_healthy{{probe="{probe}"}}') == 1
