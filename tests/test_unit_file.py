@@ -216,7 +216,8 @@ def unit(systemd_user: SystemdUser, tmp_path: Path) -> Iterator[Installed]:
         "  a: {unit: sp-unit-a.service, probes: [own-http, child]}\n" + SANDBOX_PROBES
     ))  # fmt: skip
     yield inst
-    systemd_user.systemctl("stop", inst.name, "sp-unit-a.service", "sp-unit-b.service")
+    systemd_user.systemctl("stop", inst.name)  # the agent first: it would restart the others
+    systemd_user.systemctl("stop", "sp-unit-a.service", "sp-unit-b.service")
 
 
 @pytest.mark.systemd
@@ -291,7 +292,8 @@ def test_sigkill_restart_restores_and_completes_pending_once(
         mgr.wait_for("sp-unit-job.service", "active", 5)
         assert runs.read_text() == "x"  # started once, not twice
     finally:
-        mgr.systemctl("stop", unit.name, "sp-unit-job.service")
+        mgr.systemctl("stop", unit.name)  # the agent first: it would restart the job unit
+        mgr.systemctl("stop", "sp-unit-job.service")
 
 
 @pytest.mark.systemd
@@ -317,4 +319,5 @@ def test_stuck_loop_is_killed_by_the_watchdog_and_restarted(
         assert "blocking the event loop now (test hook)" in unit.log()
         unit.wait_active()  # the restarted agent reached READY again
     finally:
-        mgr.systemctl("stop", unit.name, "sp-unit-w.service")
+        mgr.systemctl("stop", unit.name)  # the agent first: it would restart the unit
+        mgr.systemctl("stop", "sp-unit-w.service")
