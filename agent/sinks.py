@@ -25,7 +25,7 @@ import aiohttp
 
 from agent.alerts import log_alert
 from agent.core.actions import Alert, RunEffect, SendAlert, TrackedAction
-from agent.core.alerts import ALERTMANAGER_RESEND
+from agent.core.alerts import EXPIRY, effect_alert
 from agent.core.spec import AlertSink
 from agent.errors import EffectError, PermanentError, TransientError
 from agent.mqtt import MqttLink
@@ -33,8 +33,6 @@ from agent.mqtt import MqttLink
 log = logging.getLogger("setpoint.sinks")
 HOST_LABEL = "host"
 SIGNATURE_HEADER = "X-Setpoint-Signature"
-EXPIRY = 4 * ALERTMANAGER_RESEND
-"""A firing alert without a future end (an effect, or one restored late) ends after this."""
 
 
 def rfc3339(ts: float) -> str:
@@ -82,18 +80,6 @@ def alert_doc(alert: Alert, host: str, now: float) -> dict[str, Any]:
 def sign(secret: bytes, body: bytes) -> str:
     """The signature header's value."""
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
-def effect_alert(action: RunEffect, now: float) -> Alert:
-    """The alert an alert effect announces (always firing; it expires on its own)."""
-    kind, _, subject = action.owner.partition(":")
-    name = "RouteChanged" if kind == "group" else action.reason
-    labels = [("alertname", name), ("severity", action.effect.severity), ("subject", subject)]
-    if action.target:
-        labels.append(("target", action.target))
-    summary = action.fill(action.effect.summary)
-    return Alert(f"{name}:{subject}", name, tuple(labels), summary, action.effect.severity, True,
-                 now, now + EXPIRY)  # fmt: skip
 
 
 class Sinks:

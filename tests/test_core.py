@@ -349,9 +349,8 @@ def test_error_alert_fires_after_threshold_and_resolves_on_every_sink() -> None:
     assert sends(reminder) == [("am", "ServiceError", True)]
     h.observe("web.service", "active", "running", 500)
     assert sends(h.tracked(Tick(500.5))) == [("hook", "ServiceError", False)]
-    h.feed(ActionCompleted(reminder[0].id, True, 500.6))  # the news follows the reminder
-    resolved = h.tracked(Tick(501))
-    assert sends(resolved) == [("am", "ServiceError", False)]
+    resolved = h.tracked(ActionCompleted(reminder[0].id, True, 500.6))
+    assert sends(resolved) == [("am", "ServiceError", False)]  # the news follows the reminder
     resolved += [a for a in h.state.pending.values() if isinstance(a, SendAlert)]
     for action in resolved:
         h.feed(ActionCompleted(action.id, True, 502))
@@ -384,6 +383,82 @@ def test_rejected_goals_raise_an_alert_until_good_goals_load() -> None:
         ("am", "GoalsInvalid", False),
         ("hook", "GoalsInvalid", False),
     ]
+
+
+def paging_goals(**kw: object) -> GoalSet:
+    """Seed 001's routing domain with the primary's health in a service; alert_goals' sinks."""
+    fields: dict[str, object] = {"domains": (routing_domain(),), **kw}
+    return GoalSet(
+        services=(service("db-primary", desired="unmanaged"),),
+        sinks=alert_goals().sinks,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def page(h: Harness, at: float) -> RunEffect:
+    """Fail the primary, complete the failover and the page; the page's RunEffect."""
+    fired = h.observe("db-primary.service", "failed", "failed", at)
+    for action in fired:
+        h.feed(ActionCompleted(action.id, True, at + 1))
+    return next(a for a in fired if isinstance(a, RunEffect) and a.effect.kind == "alert")
+
+
+def test_a_page_stays_firing_while_its_flag_holds_and_resolves_when_reset() -> None:
+    h = Harness()
+    h.load(paging_goals())
+    h.observe("db-primary.service", "active", "running", 1)
+    page(h, 10)
+    held = h.state.alerts["TriggerPagerDuty:DatabaseRouting"]
+    assert held.alert.firing and held.alert.summary == "Primary DB Down"
+    assert ("alertname", "TriggerPagerDuty") in held.alert.labels
+    assert sends(h.tracked(Tick(12))) == []  # the effect delivered it already
+    reminders = h.tracked(Tick(72))  # Alertmanager forgets what is not re-sent
+    assert sends(reminders) == [("am", "TriggerPagerDuty", True)]
+    h.feed(ActionCompleted(reminders[0].id, True, 72.5))
+    restore = h.observe("db-primary.service", "active", "running", 80)
+    assert effects(restore) == ["AutoRestore"]
+    assert sends(restore) == []  # alert_sent still holds until AutoRestore completes
+    resolved = h.tracked(ActionCompleted(restore[0].id, True, 81))
+    assert sends(resolved) == [
+        ("am", "TriggerPagerDuty", False),
+        ("hook", "TriggerPagerDuty", False),
+    ]
+    for action in resolved:
+        h.feed(ActionCompleted(action.id, True, 82))
+    assert "TriggerPagerDuty:DatabaseRouting" not in h.state.alerts
+
+
+def test_only_the_effects_sinks_hold_the_page_and_unassigning_pages_are_one_off() -> None:
+    h = Harness()
+    dom = routing_domain()
+    to_hook = replace(dom.transitions[1].effects[0], sink="hook")
+    pager = replace(dom.transitions[1], effects=(to_hook,))
+    h.load(paging_goals(domains=(replace(dom, transitions=(dom.transitions[0], pager)),)))
+    h.observe("db-primary.service", "active", "running", 1)
+    page(h, 10)
+    assert list(h.state.alerts["TriggerPagerDuty:DatabaseRouting"].deliveries) == ["hook"]
+    one_off = replace(pager, assign=())
+    h = Harness()
+    h.load(paging_goals(domains=(replace(dom, transitions=(one_off,)),)))
+    h.observe("db-primary.service", "active", "running", 1)
+    page(h, 10)
+    assert "TriggerPagerDuty:DatabaseRouting" not in h.state.alerts
+
+
+def test_a_reload_resolves_alerts_whose_subject_is_gone() -> None:
+    h = Harness()
+    h.load(paging_goals(digest="1"))
+    h.observe("db-primary.service", "active", "running", 1)
+    page(h, 10)
+    h.observe("db-primary.service", "failed", "failed", 20)
+    for action in h.tracked(Tick(400)):  # ServiceError fires after 5 minutes
+        h.feed(ActionCompleted(action.id, True, 401))
+    assert h.state.alerts["ServiceError:db-primary"].alert.firing
+    emptied = h.load(GoalSet(sinks=alert_goals().sinks, digest="2"), 500)
+    assert sorted(s for s in sends(emptied) if not s[2]) == [
+        ("am", "ServiceError", False), ("am", "TriggerPagerDuty", False),
+        ("hook", "ServiceError", False), ("hook", "TriggerPagerDuty", False),
+    ]  # fmt: skip
 
 
 def test_restart_limit_and_thrashing_alerts() -> None:

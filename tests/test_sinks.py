@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from agent import mqtt_config
 from agent.core.actions import Alert, RunEffect, SendAlert
+from agent.core.alerts import effect_alert
 from agent.core.inputs import GoalsLoaded, UnitObserved
 from agent.core.spec import AlertSink, Effect, GoalSet
 from agent.core.state import State
@@ -25,7 +26,7 @@ from agent.core.step import step
 from agent.errors import PermanentError, TransientError
 from agent.mqtt_commands import CommandPolicy, authorise, reply
 from agent.mqtt_state import Projection
-from agent.sinks import Sinks, alertmanager_body, effect_alert, rfc3339, sign
+from agent.sinks import Sinks, alertmanager_body, rfc3339, sign
 from tests.agentproc import free_port
 from tests.corekit import service
 

@@ -130,7 +130,10 @@ def test_failover_does_not_wait_for_the_pager_and_restores_itself(
             fail.unlink()  # the primary recovers
             wait_until(lambda: route.read_text() == "primary", 10, "the auto-restore")
             wait_until(lambda: values(state)["alert_sent"] is False, 10, "the alert flag reset")
-            assert values(state)["satisfied"] is True and len(Pager.pages) == 1
+            assert values(state)["satisfied"] is True
+            wait_until(lambda: len(Pager.pages) == 2, 10, "the page to be resolved")
+            assert Pager.pages[1]["status"] == "resolved"  # the flag it stood for was reset
+            assert Pager.pages[1]["fingerprint"] == Pager.pages[0]["fingerprint"]
         finally:
             server.shutdown()
         assert agent.stop() == 0

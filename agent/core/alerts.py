@@ -4,23 +4,31 @@ An alert is identified by its fingerprint (name + subject). Each configured sink
 change (firing, resolved) as a tracked SendAlert; a failed delivery is retried later, so a sink
 that is down gets what it missed once it is back, across restarts. While firing, reminders go
 out every `repeat_interval` (at most a minute for Alertmanager, whose clients must re-send).
+
+A domain transition's alert effect is first delivered as the transition's own effect (its
+success gates the assignments). Then its alert stands for the state the transition set: it is
+kept firing like a built-in one until one of those assignments no longer holds (a later
+transition reset it, the goals changed), and then resolved. A transition that assigns nothing
+sends a one-off alert, which expires on its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from immutables import Map
 
-from agent.core.actions import Alert, SendAlert
+from agent.core.actions import Alert, RunEffect, SendAlert
 from agent.core.draft import Draft, evolve
 from agent.core.lifecycle import UP
-from agent.core.spec import AlertSink, Severity
+from agent.core.spec import AlertSink, DomainSpec, Scalar, Severity, Transition
 from agent.core.state import AlertState, Delivery, ServiceState
 
 RETRY_AFTER = 30.0
 GOAL_BROKEN_FOR = 300.0
 ALERTMANAGER_RESEND = 60.0
+EXPIRY = 4 * ALERTMANAGER_RESEND
+"""A firing alert without a future end (an effect, or one restored late) ends after this."""
 
 
 def service_rules(draft: Draft, name: str, svc: ServiceState, now: float) -> None:
@@ -99,13 +107,87 @@ def set_alert(
     else:
         assert old is not None
         alert = evolve(old.alert, firing=False, ends_at=now)
-    sinks = {s.name: Delivery(due=now) for s in draft.goals.sinks}
+    _announce(draft, alert, subject, (s.name for s in draft.goals.sinks), now)
+
+
+def _announce(draft: Draft, alert: Alert, subject: str, sinks: Iterable[str], now: float) -> None:
+    """Record a changed alert and make it due at `sinks` now (after what is in flight)."""
+    old = draft.alerts.get(alert.fingerprint)
     pending = old.deliveries if old is not None else Map()
-    deliveries = Map({n: evolve(d, action=pending[n].action) if n in pending else d
-                      for n, d in sinks.items()})  # fmt: skip
-    draft.alerts = draft.alerts.set(key, AlertState(alert, deliveries))
-    draft.log("warning" if active else "info", f"alert {rule} {'firing' if active else 'resolved'}",
-              subject)  # fmt: skip
+    deliveries = Map({n: Delivery(action=pending[n].action if n in pending else None, due=now)
+                      for n in sinks})  # fmt: skip
+    draft.alerts = draft.alerts.set(alert.fingerprint, AlertState(alert, deliveries))
+    state = "firing" if alert.firing else "resolved"
+    draft.log("warning" if alert.firing else "info", f"alert {alert.name} {state}", subject)
+
+
+def effect_alert(action: RunEffect, now: float) -> Alert:
+    """The alert an alert effect announces, firing; it expires unless kept firing."""
+    kind, _, subject = action.owner.partition(":")
+    name = "RouteChanged" if kind == "group" else action.reason
+    labels = [("alertname", name), ("severity", action.effect.severity), ("subject", subject)]
+    if action.target:
+        labels.append(("target", action.target))
+    summary = action.fill(action.effect.summary)
+    return Alert(f"{name}:{subject}", name, tuple(labels), summary, action.effect.severity, True,
+                 now, now + EXPIRY)  # fmt: skip
+
+
+def hold_effect_alert(draft: Draft, domain: str, tr: Transition, now: float) -> None:
+    """A transition completed: keep its alert firing while its assignments hold.
+
+    Its sinks already have it (the effect delivered it), so reminders are what is due next.
+    With several alert effects, the first one's text stands for the transition.
+    """
+    effects = [fx for fx in tr.effects if fx.kind == "alert"]
+    if not effects or not tr.assign:
+        return
+    names = {fx.sink for fx in effects}
+    sinks = [s for s in draft.goals.sinks if s.name in names or "" in names]
+    if not sinks:
+        return
+    alert = effect_alert(RunEffect(0, effects[0], f"domain:{domain}", tr.name), now)
+    deliveries = Map({s.name: Delivery(due=now + _repeat(s)) for s in sinks})
+    draft.alerts = draft.alerts.set(alert.fingerprint, AlertState(alert, deliveries))
+
+
+def release_effect_alerts(draft: Draft, domain: str, spec: DomainSpec, now: float) -> None:
+    """Resolve the alerts of transitions whose assignments no longer hold."""
+    if not draft.alerts:
+        return
+    values = draft.domains[domain].values
+    for tr in spec.transitions:
+        held = draft.alerts.get(f"{tr.name}:{domain}")
+        if held is not None and held.alert.firing and not _holds(tr.assign, values):
+            _resolve(draft, held, domain, now)
+
+
+def _holds(assign: tuple[tuple[str, Scalar], ...], values: Map[str, Scalar]) -> bool:
+    return all(name in values and values[name] == value for name, value in assign)
+
+
+def _resolve(draft: Draft, held: AlertState, subject: str, now: float) -> None:
+    alert = evolve(held.alert, firing=False, ends_at=now)
+    _announce(draft, alert, subject, held.deliveries.keys(), now)
+
+
+def release_orphans(draft: Draft, now: float) -> None:
+    """After a goal reload: resolve firing alerts whose subject or transition is gone."""
+    for held in list(draft.alerts.values()):
+        if held.alert.firing and not _still_meant(draft, held.alert):
+            _resolve(draft, held, dict(held.alert.labels).get("subject", ""), now)
+
+
+def _still_meant(draft: Draft, alert: Alert) -> bool:
+    subject = dict(alert.labels).get("subject", "")
+    if alert.name in _SERVICE_RULES:
+        return subject in draft.services
+    if alert.name in ("AllMembersDown", "FailoverActive"):
+        return subject in draft.index.groups
+    if alert.name in ("GoalBroken", "GoalsInvalid"):
+        return alert.name == "GoalsInvalid" or subject in draft.domains
+    spec = draft.index.domains.get(subject)
+    return spec is not None and any(t.name == alert.name for t in spec.transitions)
 
 
 def deliver(draft: Draft, now: float) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from immutables import Map
 
+from agent.core import alerts
 from agent.core.actions import RunEffect
 from agent.core.draft import Draft, evolve
 from agent.core.expr import ExprError, evaluate, references
@@ -72,8 +73,10 @@ def evaluate_domain(draft: Draft, name: str, now: float) -> None:
     spec = draft.domain_spec(name)
     for _ in range(MAX_ROUNDS):
         if not _round(draft, name, spec, now):
-            return
-    draft.log("warning", f"domain did not settle within {MAX_ROUNDS} rounds", name)
+            break
+    else:
+        draft.log("warning", f"domain did not settle within {MAX_ROUNDS} rounds", name)
+    alerts.release_effect_alerts(draft, name, spec, now)
 
 
 def _round(draft: Draft, name: str, spec: DomainSpec, now: float) -> bool:
@@ -191,6 +194,7 @@ def effect_done(
     else:
         values = dom.values.update(dict(tr.assign))
         draft.log("info", f"transition {transition} completed", name)
+        alerts.hold_effect_alert(draft, name, tr, at)
         dom = evolve(
             dom,
             values=values,

@@ -46,11 +46,11 @@ def step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
         case GoalsLoaded():
             _goals_loaded(draft, inp.goals, inp.at)
             alerts.set_alert(draft, "GoalsInvalid", "goals", False, "warning", "", inp.at)
-            alerts.deliver(draft, inp.at)
         case GoalsRejected():
             summary = f"goal reload rejected: {inp.problems[0] if inp.problems else '?'}"
             alerts.set_alert(draft, "GoalsInvalid", "goals", True, "warning", summary, inp.at)
-            alerts.deliver(draft, inp.at)
+    if draft.alerts is not state.alerts:  # news for the sinks goes out at once
+        alerts.deliver(draft, inp.now if isinstance(inp, Tick) else inp.at)
     return draft.finish(), tuple(draft.actions)
 
 
@@ -120,7 +120,7 @@ def _tick(draft: Draft, now: float) -> None:
         if not dom.satisfied or f"GoalBroken:{name}" in draft.alerts:
             alerts.domain_rule(draft, name, now)
     groups.tick(draft, now)
-    alerts.deliver(draft, now)
+    alerts.deliver(draft, now)  # reminders and retries fall due with time
 
 
 def _action_completed(draft: Draft, done: ActionCompleted) -> None:
@@ -248,3 +248,4 @@ def _goals_loaded(draft: Draft, goals: GoalSet, at: float) -> None:
         services.reconcile(draft, name, at)
     for name in draft.domains:
         domains.evaluate_domain(draft, name, at)
+    alerts.release_orphans(draft, at)
