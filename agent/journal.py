@@ -40,6 +40,7 @@ from typing import Any
 import aiosqlite
 
 from agent import codec
+from agent.core import LOGIC
 from agent.core.actions import Action, RunEffect, SendAlert, UnitJob
 from agent.core.inputs import ActionCompleted, Input, OperatorCommand, ProbeResult, UnitObserved
 from agent.core.state import State
@@ -76,6 +77,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             digest TEXT NOT NULL,
             state TEXT NOT NULL
         )""",
+    ),
+    (  # 2: where each version of the decision logic (agent.core.LOGIC) begins
+        "CREATE TABLE logic (first_seq INTEGER PRIMARY KEY, version INTEGER NOT NULL)",
+        "INSERT INTO logic VALUES (1, 1)",
     ),
 )
 """MIGRATIONS[n] takes the schema from version n to n + 1; never edit a released one."""
@@ -143,6 +148,9 @@ class Journal:
         self._snap_seq = 0
         self._state = State()
         self._busy = asyncio.Lock()
+        self.logic = LOGIC
+        self._logic_from = 1
+        """The first entry the current logic wrote or will write."""
 
     @classmethod
     async def open(
@@ -154,8 +162,12 @@ class Journal:
         keep_snapshots: int = 3,
         readonly: bool = False,
         step: StepFn | None = None,
+        logic: int = LOGIC,
     ) -> Journal:
-        """Open (creating if need be, unless readonly) `state_dir/journal.db`."""
+        """Open (creating if need be, unless readonly) `state_dir/journal.db`.
+
+        `step` and `logic` stand in for the core's (tests); see agent.core.LOGIC.
+        """
         sync = synchronous.upper()
         if sync not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
@@ -171,6 +183,7 @@ class Journal:
             _unlock(lock_fd)
             raise
         journal = cls(db, path, lock_fd, step, snapshot_every, keep_snapshots)
+        journal.logic = logic
         try:
             await journal._setup(sync)
         except BaseException:
@@ -205,11 +218,14 @@ class Journal:
         if recorded is not None and codec.digest(state) != recorded:
             log.warning(
                 "%s: replay up to entry %d does not reproduce the recorded state "
-                "(was step changed?); continuing with the replayed state",
+                "(written by decision logic before %d?); continuing with the replayed state",
                 self.path,
                 seq,
+                self.logic,
             )
         self._state = state
+        if not self.readonly and self._logic_from == seq + 1 and self._snap_seq < seq:
+            await self._snapshot_now(state)  # where replays by this logic will start
         return state, seq
 
     async def commit(self, entries: Sequence[Entry], state: State) -> None:
@@ -327,6 +343,21 @@ class Journal:
             self._seq = await self._scalar("SELECT max(seq) FROM entries") or 0
             self._snap_seq = await self._scalar("SELECT max(seq) FROM snapshots") or 0
             self._seq = max(self._seq, self._snap_seq)
+            await self._note_logic()
+
+    async def _note_logic(self) -> None:
+        """Find where the current logic's entries begin; a writer records a new version."""
+        rows = await self._fetch("SELECT first_seq, version FROM logic ORDER BY first_seq DESC")
+        first, version = rows[0] if rows else (1, 1)
+        if version == self.logic:
+            self._logic_from = first
+            return
+        self._logic_from = self._seq + 1
+        if not self.readonly:
+            await self._conn.execute(
+                "INSERT OR REPLACE INTO logic VALUES (?, ?)", (self._logic_from, self.logic)
+            )
+            log.info("%s: decision logic %d from entry %d on", self.path, self.logic, self._seq + 1)
 
     def _check_identity(self, app_id: int, version: int) -> None:
         if app_id != APPLICATION_ID:
@@ -467,6 +498,10 @@ class _Verifier:
                 self.problems.append(f"snapshot {seq}: {err}")
         first = await self.j._scalar("SELECT min(seq) FROM entries")
         start = 0 if first == 1 or not rows else rows[0][0]  # genesis when history reaches it
+        if first is not None and first < self.j._logic_from:  # older logic wrote the first ones
+            start = await self._logic_start(snaps)
+            if start is None:
+                return self.problems
         if start and start not in snaps:
             self.problems.append("the oldest snapshot is unusable; nothing to replay from")
             return self.problems
@@ -475,6 +510,19 @@ class _Verifier:
             self.problems.append(f"snapshot {start}: differs from the initial state")
         await self._replay(start, state, snaps)
         return self.problems
+
+    async def _logic_start(self, snaps: dict[int, State]) -> int | None:
+        """The snapshot where the current logic's entries begin; None when none can be checked."""
+        begins = self.j._logic_from
+        log.info("%s: entries before %d were decided by an older logic; not replayed",
+                 self.j.path, begins)  # fmt: skip
+        usable = [seq for seq in snaps if seq >= begins - 1]
+        if usable:
+            return min(usable)
+        if (await self.j._scalar("SELECT max(seq) FROM entries") or 0) >= begins:
+            self.problems.append(f"no snapshot where decision logic {self.j.logic} begins "
+                                 f"(entry {begins}); its entries cannot be replayed")  # fmt: skip
+        return None
 
     async def _replay(self, seq: int, state: State, snaps: dict[int, State]) -> None:
         sql = (

@@ -358,7 +358,8 @@ async def test_future_schema_is_refused(tmp_path: Path) -> None:
     async with await Journal.open(tmp_path):
         pass
     sql(tmp_path, "PRAGMA user_version = 99")
-    await _refused(tmp_path, "journal.db has schema version 99; this setpoint knows up to 1")
+    known = journal_mod.SCHEMA_VERSION
+    await _refused(tmp_path, f"journal.db has schema version 99; this setpoint knows up to {known}")
 
 
 async def test_unreadable_file_is_an_error(tmp_path: Path) -> None:
@@ -434,6 +435,51 @@ async def test_verify_compares_snapshots(tmp_path: Path) -> None:
         assert await j.verify() == []
         await j.snapshot(replace(state, next_id=999))
         assert await j.verify() == ["snapshot 12: differs from the state replayed up to it"]
+
+
+def chatty_step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
+    """fake_step, with one more log line per input: what an upgraded core might decide."""
+    new, out = fake_step(state, inp)
+    return new, (*out, Log("debug", "new logic"))
+
+
+async def test_an_upgraded_logic_replays_only_its_own_entries(tmp_path: Path) -> None:
+    async with await Journal.open(tmp_path, step=fake_step, logic=1) as old:
+        state = await run(old, State(), observations(6))
+    async with await Journal.open(tmp_path, step=chatty_step, logic=2) as new:
+        loaded, seq = await new.load()  # replayed by the new logic; a snapshot marks the border
+        assert (loaded, seq) == (state, 6)
+        await run(new, loaded, observations(4, t0=200.0), step=chatty_step)
+        assert await new.verify() == []  # entries 7..10 checked from snapshot 6
+    assert sql(tmp_path, "SELECT first_seq, version FROM logic") == [(1, 1), (7, 2)]
+    async with await Journal.open(tmp_path, step=fake_step, logic=2) as wrong:
+        await wrong.load()
+        problems = await wrong.verify()  # same version, different decisions: still caught
+        assert problems[0] == "entry 7: recorded actions differ from the replayed ones"
+
+
+async def test_a_journal_from_schema_1_is_migrated_and_keeps_verifying(tmp_path: Path) -> None:
+    async with await Journal.open(tmp_path, step=fake_step, logic=1) as j:
+        await run(j, State(), observations(3))
+    sql(tmp_path, "DROP TABLE logic")
+    sql(tmp_path, "PRAGMA user_version = 1")
+    async with await Journal.open(tmp_path, step=fake_step, logic=1) as j:
+        assert await j.verify() == []
+    assert sql(tmp_path, "SELECT first_seq, version FROM logic") == [(1, 1)]
+    assert sql(tmp_path, "PRAGMA user_version") == [(journal_mod.SCHEMA_VERSION,)]
+
+
+async def test_new_entries_without_a_border_snapshot_are_reported(tmp_path: Path) -> None:
+    async with await Journal.open(tmp_path, step=fake_step, logic=1) as old:
+        await run(old, State(), observations(4))
+    async with await Journal.open(tmp_path, step=fake_step, logic=2) as new:
+        await new.load()
+        sql(tmp_path, "DELETE FROM snapshots")
+        assert await new.verify() == []  # nothing written by logic 2 yet: nothing to check
+        await run(new, (await new.load())[0], observations(2, t0=300.0))
+        assert await new.verify() == [
+            "no snapshot where decision logic 2 begins (entry 5); its entries cannot be replayed"
+        ]
 
 
 # -- history --------------------------------------------------------------------------------------
