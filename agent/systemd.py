@@ -77,7 +77,12 @@ _ALREADY_SUBSCRIBED = "org.freedesktop.systemd1.AlreadySubscribed"
 # JobRemoved results: which ones end a job as a success, and which ones cannot improve.
 _JOB_OK = frozenset({"done", "skipped"})
 _JOB_PERMANENT = frozenset({"invalid", "unsupported", "once"})
-_UNIT_PROPS = {"ActiveState": "active", "SubState": "sub", "LoadState": "load"}
+_UNIT_PROPS = {
+    "ActiveState": "active",
+    "SubState": "sub",
+    "LoadState": "load",
+    "StateChangeTimestamp": "changed",
+}
 _SERVICE_PROPS = {"Result": "result", "MainPID": "main_pid", "NRestarts": "n_restarts"}
 _JOB_BUFFER = 512
 _BACKOFF_MIN = 0.1
@@ -166,6 +171,8 @@ class _Seen:
     result: str = "success"
     main_pid: int = 0
     n_restarts: int = 0
+    changed: int = 0
+    """systemd's StateChangeTimestamp (us since the epoch); 0 when unknown."""
     touched: dict[str, int] = field(default_factory=dict)
 
     def rebase(self, fetched: _Seen, since: int) -> _Seen:
@@ -541,7 +548,10 @@ class SystemdAdapter:
         # One row per requested name, in order; a row names the unit's primary name, so an
         # alias is recorded under the name we were asked to watch.
         fetched = await asyncio.gather(
-            *(self._row_state(bus, name, row) for name, row in zip(names, rows, strict=True))
+            *(
+                self._row_state(bus, name, row, self._seen.get(name))
+                for name, row in zip(names, rows, strict=True)
+            )
         )
         for name, state in fetched:
             seen = self._seen.get(name)
@@ -561,11 +571,24 @@ class SystemdAdapter:
         rows: list[list[Any]] = reply.body[0]
         return rows
 
-    async def _row_state(self, bus: MessageBus, name: str, row: list[Any]) -> tuple[str, _Seen]:
-        """A complete state for one ListUnitsByNames row; services get their Service props."""
+    async def _row_state(
+        self, bus: MessageBus, name: str, row: list[Any], prior: _Seen | None
+    ) -> tuple[str, _Seen]:
+        """A complete state for one ListUnitsByNames row; services get their Service props.
+
+        When the state is new to us, also when it changed (a lost signal, or our first look).
+        """
         _, _, load, active, sub, _, path = row[:7]
         self._paths.setdefault(path, set()).add(name)
         state = _Seen(active=active, sub=sub, load=load)
+        if prior is not None and (prior.active, prior.sub) == (active, sub):
+            state.changed = prior.changed
+        elif load not in ("not-found", "masked"):
+            with contextlib.suppress(_ReplyError):
+                reply = await self._call(
+                    bus, path, PROPERTIES, "Get", "ss", [UNIT, "StateChangeTimestamp"]
+                )
+                state.changed = int(reply.body[0].value)
         if name.endswith(".service") and load not in ("not-found", "masked"):
             try:
                 reply = await self._call(bus, path, PROPERTIES, "GetAll", "s", [SERVICE])
@@ -665,6 +688,7 @@ class SystemdAdapter:
                 result=seen.result,
                 main_pid=seen.main_pid,
                 n_restarts=seen.n_restarts,
+                changed_at=seen.changed / 1e6,
             )
         )
 

@@ -357,6 +357,22 @@ def test_error_alert_fires_after_threshold_and_resolves_on_every_sink() -> None:
     assert "ServiceError:web" not in h.state.alerts  # delivered everywhere: forgotten
 
 
+def test_time_in_state_comes_from_systemd_when_it_knows() -> None:
+    h = Harness()
+    h.load(alert_goals(), at=1000)  # the agent starts; the unit has been failed since 600
+    h.feed(UnitObserved("web.service", "failed", "failed", 1001, changed_at=600))
+    assert h.state.services["web"].since == 600
+    assert sends(h.tracked(Tick(1002))) == [
+        ("am", "ServiceError", True), ("hook", "ServiceError", True),
+    ]  # fmt: skip
+    h.feed(UnitObserved("web.service", "active", "running", 1010, changed_at=1009.5))
+    assert h.state.services["web"].since == 1009.5
+    h.feed(UnitObserved("web.service", "failed", "failed", 1020, changed_at=900))
+    assert h.state.services["web"].since == 1020  # older than what we knew: our clock
+    h.feed(UnitObserved("web.service", "active", "running", 1030, changed_at=1031))
+    assert h.state.services["web"].since == 1030  # from the future: our clock
+
+
 def test_a_sink_that_is_down_gets_the_alert_later() -> None:
     h = Harness()
     h.load(alert_goals())

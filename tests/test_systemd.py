@@ -163,6 +163,33 @@ async def test_observes_start_and_kill(
     assert latency < 5
 
 
+def state_change_timestamp(mgr: SystemdUser, unit: str) -> float:
+    """systemd's StateChangeTimestamp of `unit`, in seconds (microsecond precision)."""
+    argv = ["busctl", "--user", "get-property", "org.freedesktop.systemd1", unit_path(unit),
+            "org.freedesktop.systemd1.Unit", "StateChangeTimestamp"]  # fmt: skip
+    out = subprocess.run(argv, env=mgr.env, capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[1]) / 1e6
+
+
+@pytest.mark.systemd
+async def test_observations_carry_systemds_state_change_time(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+) -> None:
+    ad, rec = adapter
+    unit = await asyncio.to_thread(new_unit, systemd_user, "since")
+    await ctl(systemd_user, "start", unit)
+    await asyncio.sleep(0.3)
+    ad.watch([unit])  # first seen by a resync, 0.3 s after it started
+    first = await rec.wait(unit, active("active", "running"))
+    started = await asyncio.to_thread(state_change_timestamp, systemd_user, unit)
+    assert first.changed_at == started and first.at - started >= 0.3
+    mark, killed = rec.mark(), time.time()
+    os.kill(first.main_pid, signal.SIGKILL)
+    down = await rec.wait(unit, active("failed"), since=mark)  # seen through a signal
+    failed = await asyncio.to_thread(state_change_timestamp, systemd_user, unit)
+    assert down.changed_at == failed and killed <= failed <= down.at
+
+
 @pytest.mark.systemd
 async def test_restarts_are_counted(
     systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]

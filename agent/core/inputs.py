@@ -20,7 +20,8 @@ class GoalsLoaded:
 
 @dataclass(frozen=True)
 class UnitObserved:
-    """systemd reported a unit's state (signal or resync)."""
+    """systemd reported a unit's state (signal or resync); `changed_at` is when the unit entered
+    it by systemd's clock (StateChangeTimestamp, 0 when unknown)."""
 
     unit: str
     active: str
@@ -30,6 +31,7 @@ class UnitObserved:
     result: str = "success"
     main_pid: int = 0
     n_restarts: int = 0
+    changed_at: float = 0.0
 
 
 @dataclass(frozen=True)

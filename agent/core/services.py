@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from agent.core.actions import UnitJob
 from agent.core.draft import Draft, evolve
+from agent.core.inputs import UnitObserved
 from agent.core.lifecycle import UP, allowed, backoff, derive
 from agent.core.spec import ServiceSpec
 from agent.core.state import Health, Lifecycle, ProbeState, ServiceState
@@ -74,9 +75,16 @@ def _enter(
     )
 
 
-def observe(draft: Draft, name: str, active: str, sub: str, load: str, at: float) -> ServiceState:
-    """Apply systemd's view of the unit; a unit coming up starts its probes afresh."""
+def observe(draft: Draft, name: str, obs: UnitObserved, at: float) -> ServiceState:
+    """Apply systemd's view of the unit; a unit coming up starts its probes afresh.
+
+    A state entered is dated by systemd's clock when that is known and newer than what we
+    knew: after a restart of the agent, a unit failed for an hour has been in Error an hour.
+    """
     svc = draft.services[name]
+    active, sub = obs.active, obs.sub
+    if 0 < obs.changed_at <= at and (svc.active == "unknown" or obs.changed_at > svc.since):
+        at = obs.changed_at
     came_up = active in UP and svc.active not in UP
     health = svc.health
     if came_up:
@@ -88,7 +96,7 @@ def observe(draft: Draft, name: str, active: str, sub: str, load: str, at: float
         svc,
         active=active,
         sub=sub,
-        load=load,
+        load=obs.load,
         health=health,
         active_since=at if came_up else svc.active_since,
     )

@@ -64,7 +64,7 @@ def _unit_observed(draft: Draft, obs: UnitObserved) -> None:
     if name is None:
         return
     old = draft.services[name]
-    svc = services.observe(draft, name, obs.active, obs.sub, obs.load, obs.at)
+    svc = services.observe(draft, name, obs, obs.at)
     if svc == old:
         return
     draft.set_service(name, svc)
