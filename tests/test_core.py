@@ -23,21 +23,26 @@ from tests.corekit import Harness, effects, http_probe, jobs, policy, routing_do
 
 
 @pytest.mark.parametrize(
-    ("active", "sub", "load", "health", "restarting", "expected"),
+    ("active", "sub", "load", "health", "job", "expected"),
     [
-        ("inactive", "dead", "loaded", "unknown", False, ("Stopped", "")),
-        ("activating", "start", "loaded", "unknown", False, ("Starting", "")),
-        ("activating", "auto-restart", "loaded", "unknown", False, ("Restarting", "")),
-        ("active", "running", "loaded", "healthy", False, ("Running", "")),
-        ("active", "running", "loaded", "unknown", False, ("Starting", "")),
-        ("active", "running", "loaded", "unhealthy", False, ("Error", "unhealthy")),
-        ("deactivating", "stop-sigterm", "loaded", "healthy", False, ("Stopping", "")),
-        ("deactivating", "stop-sigterm", "loaded", "healthy", True, ("Restarting", "")),
-        ("inactive", "dead", "loaded", "unknown", True, ("Restarting", "")),
-        ("failed", "failed", "loaded", "unknown", False, ("Error", "unit failed (failed)")),
-        ("inactive", "dead", "not-found", "unknown", False, ("Error", "unit is not-found")),
-        ("inactive", "dead", "masked", "unknown", False, ("Error", "unit is masked")),
-        ("weird", "x", "loaded", "unknown", False, ("Error", "unknown ActiveState 'weird'")),
+        ("inactive", "dead", "loaded", "unknown", None, ("Stopped", "")),
+        ("inactive", "dead", "loaded", "unknown", "start", ("Starting", "")),
+        ("inactive", "dead", "loaded", "unknown", "stop", ("Stopped", "")),
+        ("activating", "start", "loaded", "unknown", None, ("Starting", "")),
+        ("activating", "auto-restart", "loaded", "unknown", None, ("Restarting", "")),
+        ("active", "running", "loaded", "healthy", None, ("Running", "")),
+        ("active", "running", "loaded", "unknown", None, ("Starting", "")),
+        ("active", "running", "loaded", "unhealthy", None, ("Error", "unhealthy")),
+        ("active", "running", "loaded", "unhealthy", "restart", ("Error", "unhealthy")),
+        ("deactivating", "stop-sigterm", "loaded", "healthy", None, ("Stopping", "")),
+        ("deactivating", "stop-sigterm", "loaded", "healthy", "restart", ("Restarting", "")),
+        ("inactive", "dead", "loaded", "unknown", "restart", ("Restarting", "")),
+        ("failed", "failed", "loaded", "unknown", None, ("Error", "unit failed (failed)")),
+        ("failed", "failed", "loaded", "unknown", "start", ("Starting", "")),
+        ("failed", "failed", "loaded", "unknown", "stop", ("Error", "unit failed (failed)")),
+        ("inactive", "dead", "not-found", "unknown", "start", ("Error", "unit is not-found")),
+        ("inactive", "dead", "masked", "unknown", None, ("Error", "unit is masked")),
+        ("weird", "x", "loaded", "unknown", None, ("Error", "unknown ActiveState 'weird'")),
     ],
 )
 def test_lifecycle_derivation(
@@ -45,10 +50,10 @@ def test_lifecycle_derivation(
     sub: str,
     load: str,
     health: Health,
-    restarting: bool,
+    job: str | None,
     expected: tuple[Lifecycle, str],
 ) -> None:
-    assert derive(active, sub, load, health, restarting) == expected
+    assert derive(active, sub, load, health, job) == expected
 
 
 @pytest.mark.parametrize(
@@ -355,6 +360,23 @@ def test_error_alert_fires_after_threshold_and_resolves_on_every_sink() -> None:
     for action in resolved:
         h.feed(ActionCompleted(action.id, True, 502))
     assert "ServiceError:web" not in h.state.alerts  # delivered everywhere: forgotten
+
+
+def test_a_crash_and_the_agents_restart_follow_the_lifecycle_diagram() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("web"),)))
+    h.observe("web.service", "active", "running", 1)
+    seen = [h.lifecycle("web")]
+    out = h.observe("web.service", "failed", "failed", 2)  # Error, and the agent acts at once
+    assert jobs(out) == [("start", "web.service")]
+    seen.append(h.lifecycle("web"))
+    h.observe("web.service", "active", "running", 2.1)
+    h.feed(ActionCompleted(out[0].id, True, 2.2))
+    seen.append(h.lifecycle("web"))
+    assert seen == ["Running", "Starting", "Running"]
+    assert h.state.services["web"].errors == 1  # it did pass through Error
+    assert h.state.services["web"].irregular == 0
+    assert not [a for a in h.emitted if isinstance(a, Log) and "jump" in a.message]
 
 
 def test_time_in_state_comes_from_systemd_when_it_knows() -> None:

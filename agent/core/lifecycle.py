@@ -25,9 +25,13 @@ UP = frozenset({"active", "reloading", "refreshing"})
 
 
 def derive(
-    active: str, sub: str, load: str, health: Health, restarting: bool
+    active: str, sub: str, load: str, health: Health, job: str | None = None
 ) -> tuple[Lifecycle, str]:
-    """The lifecycle state and, for Error, the reason. Pure."""
+    """The lifecycle state and, for Error, the reason; `job` is the agent's job in flight. Pure.
+
+    A unit the agent is starting is Starting from the moment the job is issued (seed 000's
+    restart() takes Error to Starting), not Stopped or Error until systemd reports it up.
+    """
     if load in ("not-found", "masked", "bad-setting", "error"):
         return "Error", f"unit is {load}"
     if active in UP:
@@ -35,11 +39,15 @@ def derive(
             return "Error", "unhealthy"
         return ("Starting", "") if health == "unknown" else ("Running", "")
     if active == "activating":
-        return ("Restarting", "") if restarting or sub == "auto-restart" else ("Starting", "")
+        return ("Restarting", "") if job == "restart" or sub == "auto-restart" else ("Starting", "")
     if active == "deactivating":
-        return ("Restarting", "") if restarting else ("Stopping", "")
+        return ("Restarting", "") if job == "restart" else ("Stopping", "")
+    if job == "restart" and active in ("inactive", "maintenance"):
+        return "Restarting", ""
+    if job in ("start", "restart") and active in ("inactive", "maintenance", "failed"):
+        return "Starting", ""
     if active in ("inactive", "maintenance"):
-        return ("Restarting", "") if restarting else ("Stopped", "")
+        return "Stopped", ""
     if active == "failed":
         return "Error", f"unit failed ({sub or 'failed'})"
     return "Error", f"unknown ActiveState {active!r}"

@@ -22,15 +22,16 @@ def health_of(draft: Draft, spec: ServiceSpec) -> Health:
     return "healthy" if all(verdicts) else "unknown"
 
 
-def _restarting(draft: Draft, svc: ServiceState) -> bool:
+def _job_op(draft: Draft, svc: ServiceState) -> str | None:
+    """The operation of the agent's job on this unit, while one is in flight."""
     job = draft.pending.get(svc.job) if svc.job is not None else None
-    return isinstance(job, UnitJob) and job.op == "restart"
+    return job.op if isinstance(job, UnitJob) else None
 
 
 def refresh(draft: Draft, name: str, svc: ServiceState, at: float) -> ServiceState:
     """Re-derive the lifecycle from what is known and count the transition, if any."""
     spec = draft.service_spec(name)
-    lifecycle, reason = derive(svc.active, svc.sub, svc.load, svc.health, _restarting(draft, svc))
+    lifecycle, reason = derive(svc.active, svc.sub, svc.load, svc.health, _job_op(draft, svc))
     if svc.gave_up and lifecycle == "Stopped" and spec.desired == "running":
         lifecycle, reason = "Error", svc.reason
     if lifecycle == "Error" and reason == "unhealthy":
