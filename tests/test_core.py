@@ -33,7 +33,7 @@ from tests.corekit import Harness, effects, http_probe, jobs, policy, routing_do
         ("active", "running", "loaded", "healthy", None, ("Running", "")),
         ("active", "running", "loaded", "unknown", None, ("Starting", "")),
         ("active", "running", "loaded", "unhealthy", None, ("Error", "unhealthy")),
-        ("active", "running", "loaded", "unhealthy", "restart", ("Error", "unhealthy")),
+        ("active", "running", "loaded", "unhealthy", "restart", ("Starting", "")),
         ("deactivating", "stop-sigterm", "loaded", "healthy", None, ("Stopping", "")),
         ("deactivating", "stop-sigterm", "loaded", "healthy", "restart", ("Restarting", "")),
         ("inactive", "dead", "loaded", "unknown", "restart", ("Restarting", "")),
@@ -215,8 +215,8 @@ def test_unhealthy_service_is_restarted_after_failures_threshold() -> None:
     assert jobs(h.tracked(ProbeResult("hz", False, 0.1, 21, "HTTP 500"))) == [
         ("restart", "web.service")
     ]
-    svc = h.state.services["web"]
-    assert svc.lifecycle == "Error" and svc.reason == "unhealthy: hz: HTTP 500"
+    svc = h.state.services["web"]  # restart() from Error: Starting, and still saying why
+    assert (svc.lifecycle, svc.reason, svc.errors) == ("Starting", "unhealthy: hz: HTTP 500", 1)
 
 
 def test_steady_probe_results_change_nothing() -> None:
@@ -377,6 +377,28 @@ def test_a_crash_and_the_agents_restart_follow_the_lifecycle_diagram() -> None:
     assert h.state.services["web"].errors == 1  # it did pass through Error
     assert h.state.services["web"].irregular == 0
     assert not [a for a in h.emitted if isinstance(a, Log) and "jump" in a.message]
+
+
+def test_a_liveness_restart_goes_from_error_to_starting() -> None:
+    h = Harness()
+    probes = (http_probe("hz", failures=1),)
+    h.load(GoalSet(services=(service("web", probes=("hz",)),), probes=probes))
+    h.observe("web.service", "active", "running", 1)
+    h.feed(ProbeResult("hz", True, 0.01, 2))
+    seen = [h.lifecycle("web")]
+    out = h.tracked(ProbeResult("hz", False, 0.01, 3))  # unhealthy: Error, restarted at once
+    assert jobs(out) == [("restart", "web.service")]
+    for active, sub, at in (("deactivating", "stop-sigterm", 3.1), ("inactive", "dead", 3.2),
+                            ("activating", "start", 3.3), ("active", "running", 3.4)):  # fmt: skip
+        h.observe("web.service", active, sub, at)
+        seen.append(h.lifecycle("web"))
+    h.feed(ActionCompleted(out[0].id, True, 3.5))
+    h.feed(ProbeResult("hz", True, 0.01, 4))
+    seen.append(h.lifecycle("web"))
+    assert [s for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]] == [
+        "Running", "Starting", "Running"
+    ]  # fmt: skip
+    assert h.state.services["web"].errors == 1 and h.state.services["web"].irregular == 0
 
 
 def test_time_in_state_comes_from_systemd_when_it_knows() -> None:

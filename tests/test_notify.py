@@ -130,8 +130,8 @@ def test_status_line_counts_lifecycles_goals_and_pending() -> None:
     state, _ = step(state, UnitObserved("web.service", "active", "running", 1.0))
     state, _ = step(state, UnitObserved("db.service", "failed", "failed", 1.0))
     line = status_line(state)
-    # db failed: the agent restarts it first (1 pending); the domain waits for the outcome
-    assert line == "2 services: 1 Running, 1 Error; 1/1 goals hold; 1 pending"
+    # db failed: the agent starts it again (1 pending); the domain waits for the outcome
+    assert line == "2 services: 1 Starting, 1 Running; 1/1 goals hold; 1 pending"
     job = next(iter(state.pending))
     state, _ = step(state, ActionCompleted(job, False, 1.1, "failed", permanent=True))
     assert status_line(state).startswith("2 services: 1 Running, 1 Error; 0/1 goals hold; ")

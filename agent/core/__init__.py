@@ -4,4 +4,4 @@ LOGIC = 3
 """Version of the decision logic. Bump it whenever `step` decides differently for some state and
 input: the journal records where each version's entries begin, so a replay (load, verify) knows
 which entries this code can reproduce. 2: alert news goes out in the step that made it;
-3: a unit the agent is starting is Starting while the job is in flight."""
+3: a unit the agent starts, or restarts out of Error, is Starting while the job is in flight."""

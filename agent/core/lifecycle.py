@@ -30,10 +30,13 @@ def derive(
     """The lifecycle state and, for Error, the reason; `job` is the agent's job in flight. Pure.
 
     A unit the agent is starting is Starting from the moment the job is issued (seed 000's
-    restart() takes Error to Starting), not Stopped or Error until systemd reports it up.
+    restart() takes Error to Starting), not Stopped or Error until systemd reports it up. The
+    agent restarts a unit only when it is unhealthy, that is from Error: Starting too.
     """
     if load in ("not-found", "masked", "bad-setting", "error"):
         return "Error", f"unit is {load}"
+    if job == "restart" and health == "unhealthy":
+        return "Starting", ""
     if active in UP:
         if health == "unhealthy":
             return "Error", "unhealthy"

@@ -41,6 +41,11 @@ def refresh(draft: Draft, name: str, svc: ServiceState, at: float) -> ServiceSta
     return _enter(draft, name, spec, svc, lifecycle, reason, at)
 
 
+def _recovering_from(old: Lifecycle, new: Lifecycle, reason: str) -> str:
+    """While the agent starts a unit out of Error, the reason says what it recovers from."""
+    return reason if (old, new) == ("Error", "Starting") else ""
+
+
 def _probe_detail(draft: Draft, spec: ServiceSpec) -> str:
     failing = [
         f"{p}: {draft.probes[p].detail}"
@@ -68,7 +73,11 @@ def _enter(
         svc,
         lifecycle=new,
         since=at,
-        reason=reason if new == "Error" else "",
+        reason=reason
+        if new == "Error"
+        else svc.reason
+        if (old, new) == ("Error", "Starting")
+        else "",
         transitions=svc.transitions + 1,
         irregular=svc.irregular + irregular,
         recent=(*(t for t in svc.recent if t > horizon), at),
