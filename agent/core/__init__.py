@@ -1,7 +1,8 @@
 """The pure core: goals model, state, inputs, actions and `step` (see step.py)."""
 
-LOGIC = 3
+LOGIC = 2
 """Version of the decision logic. Bump it whenever `step` decides differently for some state and
 input: the journal records where each version's entries begin, so a replay (load, verify) knows
-which entries this code can reproduce. 2: alert news goes out in the step that made it;
-3: a unit the agent starts, or restarts out of Error, is Starting while the job is in flight."""
+which entries this code can reproduce. 2: alert news goes out in the step that made it; a unit
+the agent starts, or restarts out of Error, is Starting while the job is in flight; a service
+keeps only the transition times the thrash rule needs."""

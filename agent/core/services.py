@@ -69,6 +69,7 @@ def _enter(
     if irregular:
         draft.log("info", f"observed jump {old} -> {new} (not in the lifecycle diagram)", name)
     horizon = at - spec.alerts.thrash_window
+    keep = spec.alerts.thrash_transitions - 1  # the thrash rule needs no more than that
     return evolve(
         svc,
         lifecycle=new,
@@ -80,7 +81,7 @@ def _enter(
         else "",
         transitions=svc.transitions + 1,
         irregular=svc.irregular + irregular,
-        recent=(*(t for t in svc.recent if t > horizon), at),
+        recent=(*(t for t in svc.recent[-keep:] if t > horizon), at) if keep > 0 else (at,),
         errors=svc.errors + (new == "Error"),
     )
 

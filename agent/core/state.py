@@ -48,6 +48,7 @@ class ServiceState:
     transitions: int = 0
     irregular: int = 0
     recent: tuple[float, ...] = ()
+    """Times of the latest transitions within the thrash window (at most thrash_transitions)."""
     errors: int = 0
     job: int | None = None
     restarts: tuple[float, ...] = ()
