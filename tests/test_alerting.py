@@ -187,6 +187,54 @@ def test_alert_effect_reaches_every_sink_before_the_domain_moves_on(tmp_path: Pa
             second.close()
 
 
+HELD = """\
+apiVersion: setpoint/v1
+probes:
+  gate: {{exec: {{argv: [/usr/bin/test, "!", -e, "{fail}"]}}, interval: 200ms, failures: 1}}
+domains:
+  Paging:
+    state:
+      up: {{type: bool, bind: 'probes["gate"].healthy'}}
+      paged: {{type: bool, default: false}}
+    goal: (up && !paged) || (!up && paged)
+    transitions:
+      Page:
+        when: "!up && !paged"
+        effects: [{{alert: {{summary: gate is down, severity: critical}}}}]
+        set: {{paged: true}}
+      Clear: {{when: up && paged, set: {{paged: false}}}}
+sinks:
+  am: {{alertmanager: {{url: "{url}"}}, repeat_interval: 1s}}
+"""
+
+
+def test_a_page_stays_active_in_alertmanager_until_the_domain_clears_it(
+    tmp_path: Path, alertmanager: Alertmanager
+) -> None:
+    host, goals, fail = host_name(), tmp_path / "goals.yaml", tmp_path / "gate.fail"
+    goals.write_text(HELD.format(fail=fail, url=alertmanager.url))
+    state = tmp_path / "state"
+    with AgentProcess(goals, state, extra=("--hostname", host)) as agent:
+        agent.wait_started()
+        wait_until(lambda: status(state)["domains"]["Paging"]["satisfied"], 15, "the gate up")
+        fail.touch()
+        wait_until(lambda: bool(alertmanager.alerts(host=host)), 15, "the page in Alertmanager")
+        [page] = alertmanager.alerts(host=host)
+        assert page["labels"]["alertname"] == "Page" and page["status"]["state"] == "active"
+        wait_until(  # kept firing: re-sent like the built-in alerts
+            lambda: alertmanager.alerts(host=host)[0]["updatedAt"] != page["updatedAt"], 10,
+            "a re-send of the page",
+        )  # fmt: skip
+        fail.unlink()  # the gate is back: Clear resets `paged`, which the page stood for
+        wait_until(lambda: not alertmanager.alerts(host=host), 15, "the page to be resolved")
+        wait_until(
+            lambda: any(n["status"] == "resolved" and n["commonLabels"].get("host") == host
+                        for n in alertmanager.notifications()),
+            15, "Alertmanager's resolved notification",
+        )  # fmt: skip
+        assert agent.stop() == 0
+
+
 def test_alert_effect_without_sinks_is_logged(tmp_path: Path) -> None:
     goals = tmp_path / "goals.yaml"
     goals.write_text(PAGING.format(sinks=""))
