@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.core.actions import Action, RunEffect, SendAlert, TrackedAction, UnitJob
-from agent.core.state import State
+from agent.core.state import AlertState, State
 
 
 def describe(action: Action) -> str:
@@ -52,8 +52,28 @@ def status_dict(state: State, now: float) -> dict[str, Any]:
             }
             for name, dom in sorted(state.domains.items())
         },
+        "groups": {
+            name: {"route": g.route, "applied": g.applied, "switches": g.switches}
+            for name, g in sorted(state.groups.items())
+        },
+        "alerts": [
+            {
+                "name": a.alert.name,
+                "subject": dict(a.alert.labels).get("subject", ""),
+                "severity": a.alert.severity,
+                "summary": a.alert.summary,
+                "for_seconds": round(max(0.0, now - a.alert.starts_at), 3),
+            }
+            for a in firing(state)
+        ],
         "pending": [describe(a) for a in pending(state)],
     }
+
+
+def firing(state: State) -> list[AlertState]:
+    """Firing alerts, oldest first."""
+    alerts = (a for a in state.alerts.values() if a.alert.firing)
+    return sorted(alerts, key=lambda a: (a.alert.starts_at, a.alert.fingerprint))
 
 
 def pending(state: State) -> list[TrackedAction]:
@@ -78,6 +98,16 @@ def status_text(state: State, now: float) -> str:
         verdict = "goal holds" if dom.satisfied else "goal BROKEN"
         busy = f"; in flight: {', '.join(sorted(dom.in_flight.keys()))}" if dom.in_flight else ""
         lines.append(f"domain {name}: {verdict} ({values}){busy}")
+    for name, group in sorted(state.groups.items()):
+        moving = f" (switching from {group.applied})" if group.applied != group.route else ""
+        lines.append(f"group {name}: route {group.route or '-'}{moving}; {group.switches} switches")
+    alerts = firing(state)
+    lines.append(f"alerts firing: {len(alerts)}")
+    lines.extend(
+        f"  {a.alert.severity:<8} {a.alert.name} ({dict(a.alert.labels).get('subject', '')}) "
+        f"for {_age(now - a.alert.starts_at)}: {a.alert.summary}"
+        for a in alerts
+    )
     lines.append(f"pending actions: {len(state.pending)}")
     lines.extend(f"  {describe(a)}" for a in pending(state))
     return "\n".join(lines)

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 
 from aiohttp.test_utils import TestClient, TestServer
+from immutables import Map
 
 from agent import httpapi
 from agent.core.actions import UnitJob
-from agent.core.inputs import ActionCompleted, GoalsLoaded, ProbeResult, UnitObserved
+from agent.core.inputs import (
+    ActionCompleted,
+    GoalsLoaded,
+    GoalsRejected,
+    ProbeResult,
+    UnitObserved,
+)
 from agent.core.spec import GoalSet
-from agent.core.state import State
+from agent.core.state import GroupState, State
 from agent.core.step import step
 from agent.metrics import Metrics
+from agent.report import status_dict, status_text
 from tests.corekit import http_probe, routing_domain, service
 from tests.needs import tool
 
@@ -90,3 +99,18 @@ async def test_http_endpoint_serves_metrics_health_and_status() -> None:
         assert (await client.get("/healthz")).status == 503
         assert (await client.post("/metrics")).status == 405
         assert (await client.get("/nope")).status == 404
+
+
+def test_status_shows_routes_and_firing_alerts() -> None:
+    state, _ = step(sample_state(), GoalsRejected(("g.yaml:3:1: unknown key 'x'",), 4.0))
+    state = replace(state, groups=Map({"db": GroupState(route="replica", applied="primary",
+                                                         switches=2)}))  # fmt: skip
+    view = status_dict(state, 64.0)
+    assert view["groups"] == {"db": {"route": "replica", "applied": "primary", "switches": 2}}
+    [alert] = view["alerts"]
+    assert (alert["name"], alert["subject"], alert["for_seconds"]) == ("GoalsInvalid", "goals", 60)
+    text = status_text(state, 64.0)
+    assert "group db: route replica (switching from primary); 2 switches" in text
+    assert (
+        "alerts firing: 1\n  warning  GoalsInvalid (goals) for 1.0m: goal reload rejected" in text
+    )
