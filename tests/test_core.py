@@ -505,6 +505,21 @@ def test_only_the_effects_sinks_hold_the_page_and_unassigning_pages_are_one_off(
     assert "TriggerPagerDuty:DatabaseRouting" not in h.state.alerts
 
 
+def test_a_page_whose_transition_no_longer_sets_anything_is_resolved() -> None:
+    h = Harness()
+    h.load(paging_goals(digest="1"))
+    h.observe("db-primary.service", "active", "running", 1)
+    page(h, 10)
+    dom = routing_domain()
+    one_off = replace(dom.transitions[1], assign=())
+    edited = replace(dom, transitions=(dom.transitions[0], one_off, dom.transitions[2]))
+    out = h.load(paging_goals(domains=(edited,), digest="2"), 20)
+    assert sorted(sends(out)) == [
+        ("am", "TriggerPagerDuty", False),
+        ("hook", "TriggerPagerDuty", False),
+    ]
+
+
 def test_a_reload_resolves_alerts_whose_subject_is_gone() -> None:
     h = Harness()
     h.load(paging_goals(digest="1"))

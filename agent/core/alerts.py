@@ -112,11 +112,7 @@ def set_alert(
 
 def _announce(draft: Draft, alert: Alert, subject: str, sinks: Iterable[str], now: float) -> None:
     """Record a changed alert and make it due at `sinks` now (after what is in flight)."""
-    old = draft.alerts.get(alert.fingerprint)
-    pending = old.deliveries if old is not None else Map()
-    deliveries = Map({n: Delivery(action=pending[n].action if n in pending else None, due=now)
-                      for n in sinks})  # fmt: skip
-    draft.alerts = draft.alerts.set(alert.fingerprint, AlertState(alert, deliveries))
+    _record(draft, alert, {n: now for n in sinks})
     state = "firing" if alert.firing else "resolved"
     draft.log("warning" if alert.firing else "info", f"alert {alert.name} {state}", subject)
 
@@ -136,19 +132,33 @@ def effect_alert(action: RunEffect, now: float) -> Alert:
 def hold_effect_alert(draft: Draft, domain: str, tr: Transition, now: float) -> None:
     """A transition completed: keep its alert firing while its assignments hold.
 
-    Its sinks already have it (the effect delivered it), so reminders are what is due next.
+    Its sinks already have it (the effect delivered it), so reminders are what is due next;
+    a delivery still in flight (say, the resolution of an earlier page) is waited for.
     With several alert effects, the first one's text stands for the transition.
     """
-    effects = [fx for fx in tr.effects if fx.kind == "alert"]
-    if not effects or not tr.assign:
+    if not _holding(tr):
         return
-    names = {fx.sink for fx in effects}
+    names = {fx.sink for fx in tr.effects if fx.kind == "alert"}
     sinks = [s for s in draft.goals.sinks if s.name in names or "" in names]
     if not sinks:
         return
-    alert = effect_alert(RunEffect(0, effects[0], f"domain:{domain}", tr.name), now)
-    deliveries = Map({s.name: Delivery(due=now + _repeat(s)) for s in sinks})
+    effect = next(fx for fx in tr.effects if fx.kind == "alert")
+    alert = effect_alert(RunEffect(0, effect, f"domain:{domain}", tr.name), now)
+    _record(draft, alert, {s.name: now + _repeat(s) for s in sinks})
+
+
+def _record(draft: Draft, alert: Alert, due: dict[str, float]) -> None:
+    """Store `alert` with a delivery per sink due then, after any still in flight."""
+    old = draft.alerts.get(alert.fingerprint)
+    pending = old.deliveries if old is not None else Map()
+    deliveries = Map({n: Delivery(action=pending[n].action if n in pending else None, due=at)
+                      for n, at in due.items()})  # fmt: skip
     draft.alerts = draft.alerts.set(alert.fingerprint, AlertState(alert, deliveries))
+
+
+def _holding(tr: Transition) -> bool:
+    """Whether a transition's alert stands for something: it has one, and assignments."""
+    return bool(tr.assign) and any(fx.kind == "alert" for fx in tr.effects)
 
 
 def release_effect_alerts(draft: Draft, domain: str, spec: DomainSpec, now: float) -> None:
@@ -158,7 +168,9 @@ def release_effect_alerts(draft: Draft, domain: str, spec: DomainSpec, now: floa
     values = draft.domains[domain].values
     for tr in spec.transitions:
         held = draft.alerts.get(f"{tr.name}:{domain}")
-        if held is not None and held.alert.firing and not _holds(tr.assign, values):
+        if held is None or not held.alert.firing:
+            continue
+        if not _holding(tr) or not _holds(tr.assign, values):
             _resolve(draft, held, domain, now)
 
 
