@@ -90,6 +90,7 @@ async def reaction(mgr: SystemdUser, work: Path) -> dict[str, float]:
     kills: dict[str, list[Kill]] = {AGENT_UNIT: [], FLOOR_UNIT: []}
     for unit in kills:
         await wait_active(mgr, unit)
+    probe.reaction.clear()  # the agent's first start of its unit is no reaction to a kill
     for i in range(KILLS):
         order = list(kills) if i % 2 == 0 else list(reversed(kills))  # no order bias
         for unit in order:
