@@ -74,11 +74,7 @@ def _enter(
         svc,
         lifecycle=new,
         since=at,
-        reason=reason
-        if new == "Error"
-        else svc.reason
-        if (old, new) == ("Error", "Starting")
-        else "",
+        reason=reason if new == "Error" else _recovering_from(old, new, svc.reason),
         transitions=svc.transitions + 1,
         irregular=svc.irregular + irregular,
         recent=(*(t for t in svc.recent[-keep:] if t > horizon), at) if keep > 0 else (at,),
