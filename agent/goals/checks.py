@@ -20,10 +20,19 @@ def references(merged: Merged) -> Iterator[Problem]:
         yield from _names(svc, ("depends_on",), svc.model.depends_on, merged.services, "service")
     for group in merged.groups.values():
         yield from _members(group, merged)
-        yield from _sinks(group, ("effects",), group.model.effects, merged)
+    for entry, loc, effects in effect_lists(merged):
+        yield from _sinks(entry, loc, effects, merged)
+
+
+def effect_lists(
+    merged: Merged,
+) -> Iterator[tuple[Entry[object], tuple[str, ...], list[EffectModel]]]:
+    """Every list of effects: each group's, each domain transition's, with its place."""
+    for group in merged.groups.values():
+        yield group, ("effects",), group.model.effects
     for dom in merged.domains.values():
         for name, tr in dom.model.transitions.items():
-            yield from _sinks(dom, ("transitions", name, "effects"), tr.effects, merged)
+            yield dom, ("transitions", name, "effects"), tr.effects
 
 
 def unknown(kind: str, name: str, known: Mapping[str, object]) -> str:
@@ -75,13 +84,7 @@ def broker_needed(merged: Merged) -> Iterator[Problem]:
         if sink.model.mqtt is not None:
             message = f"sink '{sink.name}' publishes to MQTT, {NO_BROKER}"
             yield sink.problem(message, "mqtt", key=True)
-    places: list[tuple[Entry[object], tuple[str, ...], list[EffectModel]]] = [
-        (g, ("effects",), g.model.effects) for g in merged.groups.values()
-    ]
-    for dom in merged.domains.values():
-        for name, tr in dom.model.transitions.items():
-            places.append((dom, ("transitions", name, "effects"), tr.effects))
-    for entry, loc, effects in places:
+    for entry, loc, effects in effect_lists(merged):
         for i, fx in enumerate(effects):
             if fx.mqtt is not None:
                 yield entry.problem(f"an mqtt effect, {NO_BROKER}", *loc, i, "mqtt", key=True)
