@@ -59,7 +59,7 @@ def status_dict(state: State, now: float) -> dict[str, Any]:
         "alerts": [
             {
                 "name": a.alert.name,
-                "subject": dict(a.alert.labels).get("subject", ""),
+                "subject": a.alert.subject,
                 "severity": a.alert.severity,
                 "summary": a.alert.summary,
                 "for_seconds": round(max(0.0, now - a.alert.starts_at), 3),
@@ -104,7 +104,7 @@ def status_text(state: State, now: float) -> str:
     alerts = firing(state)
     lines.append(f"alerts firing: {len(alerts)}")
     lines.extend(
-        f"  {a.alert.severity:<8} {a.alert.name} ({dict(a.alert.labels).get('subject', '')}) "
+        f"  {a.alert.severity:<8} {a.alert.name} ({a.alert.subject}) "
         f"for {_age(now - a.alert.starts_at)}: {a.alert.summary}"
         for a in alerts
     )

@@ -57,6 +57,11 @@ class Alert:
     starts_at: float
     ends_at: float = 0.0
 
+    @property
+    def subject(self) -> str:
+        """What the alert is about (its `subject` label)."""
+        return dict(self.labels).get("subject", "")
+
 
 @dataclass(frozen=True)
 class SendAlert:

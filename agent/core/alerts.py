@@ -187,11 +187,11 @@ def release_orphans(draft: Draft, now: float) -> None:
     """After a goal reload: resolve firing alerts whose subject or transition is gone."""
     for held in list(draft.alerts.values()):
         if held.alert.firing and not _still_meant(draft, held.alert):
-            _resolve(draft, held, dict(held.alert.labels).get("subject", ""), now)
+            _resolve(draft, held, held.alert.subject, now)
 
 
 def _still_meant(draft: Draft, alert: Alert) -> bool:
-    subject = dict(alert.labels).get("subject", "")
+    subject = alert.subject
     if alert.name in _SERVICE_RULES:
         return subject in draft.services
     if alert.name in ("AllMembersDown", "FailoverActive"):
