@@ -49,8 +49,10 @@ def step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
         case GoalsRejected():
             summary = f"goal reload rejected: {inp.problems[0] if inp.problems else '?'}"
             alerts.set_alert(draft, "GoalsInvalid", "goals", True, "warning", summary, inp.at)
-    if draft.alerts is not state.alerts:  # news for the sinks goes out at once
-        alerts.deliver(draft, inp.now if isinstance(inp, Tick) else inp.at)
+    if isinstance(inp, Tick):  # reminders and retries fall due with time
+        alerts.deliver(draft, inp.now)
+    elif draft.alerts is not state.alerts:  # news for the sinks goes out at once
+        alerts.deliver(draft, inp.at)
     return draft.finish(), tuple(draft.actions)
 
 
@@ -120,7 +122,6 @@ def _tick(draft: Draft, now: float) -> None:
         if not dom.satisfied or f"GoalBroken:{name}" in draft.alerts:
             alerts.domain_rule(draft, name, now)
     groups.tick(draft, now)
-    alerts.deliver(draft, now)  # reminders and retries fall due with time
 
 
 def _action_completed(draft: Draft, done: ActionCompleted) -> None:
