@@ -357,7 +357,9 @@ class Journal:
             await self._conn.execute(
                 "INSERT OR REPLACE INTO logic VALUES (?, ?)", (self._logic_from, self.logic)
             )
-            log.info("%s: decision logic %d from entry %d on", self.path, self.logic, self._seq + 1)
+            log.info(
+                "%s: decision logic %d from entry %d on", self.path, self.logic, self._logic_from
+            )
 
     def _check_identity(self, app_id: int, version: int) -> None:
         if app_id != APPLICATION_ID:
