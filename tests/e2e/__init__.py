@@ -1,0 +1,1 @@
+"""End-to-end tests: several hosts in network namespaces, real etcd."""
