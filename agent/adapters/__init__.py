@@ -1,0 +1,1 @@
+"""Adapters: the edges to the outside world."""
