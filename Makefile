@@ -8,7 +8,7 @@ DEB_PACKAGES := systemd dbus-user-session mosquitto prometheus prometheus-alertm
 STATE_DIR ?= $(CURDIR)/run/state
 METRICS_PORT ?= 9477
 
-.PHONY: setup deb run test check bench sim clean install uninstall
+.PHONY: setup deb run test check lock lock-check bench sim clean install uninstall
 
 # `make install` (root): venv under $(PREFIX)/venv, unit, polkit rule, example goals, the user.
 # DESTDIR=/some/dir stages everything there and leaves the host alone (no user, no systemctl).
@@ -23,11 +23,32 @@ INSTALL_ENV = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" SYSCONFDIR="$(SYSCONFDIR)"
 
 setup: $(STAMP) deb
 
-$(STAMP): pyproject.toml
+# Exactly the locked versions (with hashes), never whatever the index serves today.
+$(STAMP): pyproject.toml requirements/dev.txt requirements/build.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r requirements/build.txt -r requirements/dev.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# The lock: uv.lock (one resolution for everything) and its two exports, which pip installs:
+# requirements/dev.txt (`make setup`) and requirements/runtime.txt (`make install`);
+# requirements/build.txt pins the build backend both use.
+LOCK_EXPORT = $(BIN)/uv export --frozen --no-emit-project --format requirements-txt --quiet
+
+lock: $(STAMP)
+	$(BIN)/uv lock --upgrade
+	$(LOCK_EXPORT) --extra dev -o requirements/dev.txt
+	$(LOCK_EXPORT) -o requirements/runtime.txt
+	$(BIN)/uv pip compile --quiet --upgrade --generate-hashes requirements/build.in -o requirements/build.txt
+
+# Fails when pyproject.toml and the lock disagree, or an export is stale: run `make lock`.
+lock-check: $(STAMP)
+	@$(BIN)/uv lock --locked --offline --quiet || { echo "uv.lock does not match pyproject.toml: run make lock" >&2; exit 1; }
+	@for f in dev runtime; do \
+	  extra=$$([ $$f = dev ] && echo --extra dev); \
+	  $(LOCK_EXPORT) $$extra | diff -q <(grep -v '^#' requirements/$$f.txt) <(grep -v '^#' -) >/dev/null \
+	    || { echo "requirements/$$f.txt is stale: run make lock" >&2; exit 1; }; \
+	done
 
 # Debian packages the tests need; installed only when running as root and missing.
 deb:
@@ -46,7 +67,7 @@ run: setup
 test: setup
 	$(BIN)/pytest -q -x --durations=10
 
-check: $(STAMP)
+check: $(STAMP) lock-check
 	$(BIN)/ruff check agent tests bench deploy
 	$(BIN)/ruff format --check agent tests bench deploy
 	$(BIN)/mypy

@@ -7,7 +7,8 @@
     │   └── JournalCorrupt     unreadable, wrong schema, or failed integrity check
     └── EffectError            an effect did not achieve its purpose
         ├── TransientError     worth retrying (timeouts, connection refused, bus dropped)
-        └── PermanentError     retrying cannot help (no such unit, access denied, bad argv)
+        └── PermanentError     retrying cannot help (no such unit, masked, bad argv)
+            └── NotPermitted   the manager refused us (polkit rule, AccessDenied)
 
 Retryability is a property of the type, never decided by a blanket `except Exception`.
 """
@@ -64,3 +65,7 @@ class TransientError(EffectError):
 
 class PermanentError(EffectError):
     """Retrying cannot help."""
+
+
+class NotPermitted(PermanentError):
+    """The manager refused: this agent may not do that (polkit, AccessDenied)."""

@@ -31,7 +31,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,6 +148,8 @@ class Journal:
         self._snap_seq = 0
         self._state = State()
         self._busy = asyncio.Lock()
+        self._writes: set[asyncio.Future[None]] = set()
+        """Commits and snapshots in flight; shielded, so they outlive a cancelled caller."""
         self.logic = LOGIC
         self._logic_from = 1
         """The first entry the current logic wrote or will write."""
@@ -198,7 +200,9 @@ class Journal:
         await self.close()
 
     async def close(self) -> None:
-        """Close the database and release the lock; safe to call twice."""
+        """Wait for the writes in flight, close the database, release the lock; safe twice."""
+        if self._writes:
+            await asyncio.wait(set(self._writes))
         db, self._db = self._db, None
         try:
             if db is not None:
@@ -234,12 +238,19 @@ class Journal:
         if not entries:
             return
         self._writable("commit")
-        await asyncio.shield(self._commit(list(entries), state))
+        await self._shielded(self._commit(list(entries), state))
 
     async def snapshot(self, state: State) -> None:
         """Store `state` as the state after the last entry (e.g. at a clean shutdown)."""
         self._writable("snapshot")
-        await asyncio.shield(self._snapshot_now(state))
+        await self._shielded(self._snapshot_now(state))
+
+    async def _shielded(self, write: Coroutine[Any, Any, None]) -> None:
+        """Run a write to its end even if the caller is cancelled; `close` waits for it."""
+        task = asyncio.ensure_future(write)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        await asyncio.shield(task)
 
     # -- operators' side --------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from tenacity import (
 
 from agent.core.actions import TrackedAction
 from agent.core.inputs import ActionCompleted, Input
-from agent.errors import PermanentError, TransientError
+from agent.errors import NotPermitted, PermanentError, TransientError
 
 log = logging.getLogger("setpoint.lanes")
 
@@ -111,6 +111,8 @@ class Lanes:
         async with limit:
             try:
                 detail = await self._attempts(executor, policy, action)
+            except NotPermitted as err:
+                self._report(action, False, str(err), permanent=True, denied=True)
             except PermanentError as err:
                 self._report(action, False, str(err), permanent=True)
             except TransientError as err:
@@ -143,5 +145,7 @@ class Lanes:
         self._on_retry(action.lane.split(":", 1)[0])
         log.warning("action %d on lane %s will retry: %s", action.id, action.lane, outcome)
 
-    def _report(self, action: TrackedAction, ok: bool, detail: str, *, permanent: bool) -> None:
-        self._submit(ActionCompleted(action.id, ok, self._clock(), detail, permanent))
+    def _report(
+        self, action: TrackedAction, ok: bool, detail: str, *, permanent: bool, denied: bool = False
+    ) -> None:
+        self._submit(ActionCompleted(action.id, ok, self._clock(), detail, permanent, denied))

@@ -79,6 +79,10 @@ def render_state(state: State, now: float) -> list[str]:
     for name, dom in state.domains.items():
         value = "1.0" if dom.satisfied else "0.0"
         out.append(f'setpoint_domain_goal_satisfied{{domain="{_label(name)}"}} {value}')
+    _family(out, "setpoint_domain_paused", "gauge", "1 while an expression of the domain fails")
+    for name, dom in state.domains.items():
+        value = "1.0" if dom.error else "0.0"
+        out.append(f'setpoint_domain_paused{{domain="{_label(name)}"}} {value}')
     _family(out, "setpoint_pending_actions", "gauge", "Tracked actions awaiting a result")
     out.append(f"setpoint_pending_actions {float(len(state.pending))!r}")
     _family(out, "setpoint_maintenance", "gauge", "1 while in maintenance mode")
@@ -156,6 +160,12 @@ class Metrics:
         )
         self.journal_errors = Counter(
             "setpoint_journal_errors", "Journal operations that failed", registry=reg
+        )
+        self.projection_errors = Counter(
+            "setpoint_projection_errors",
+            "Failures of what follows a commit (the MQTT state publisher...)",
+            ["projection"],
+            registry=reg,
         )
         self.links = Gauge(
             "setpoint_link_up",

@@ -118,10 +118,9 @@ class Runtime:
         await self._commit(entries, state)
         self._account(len(batch), len(entries), stepped - started, time.perf_counter() - stepped)
         self.state = state
-        if entries:
-            for hook in self.on_commit:
-                hook(state)
         self._act(actions)
+        if entries:
+            self._project(state)
         async with self._changed:
             self._changed.notify_all()
 
@@ -140,6 +139,18 @@ class Runtime:
                 delay = min(5.0, 0.1 * 2**attempt)
                 log.error("journal commit failed, retrying in %.1fs: %s", delay, err)
                 await asyncio.sleep(delay)
+
+    def _project(self, state: State) -> None:
+        """Feed the committed state to the projections (MQTT state, ...), after dispatch: a
+        projection that fails is logged and counted, never in the way of reconciliation."""
+        for hook in self.on_commit:
+            try:
+                hook(state)
+            except Exception:  # containment: a projection is never worth a stopped agent
+                name = getattr(hook, "__qualname__", repr(hook))
+                log.exception("projection %s failed; reconciliation goes on", name)
+                if self.metrics is not None:
+                    self.metrics.projection_errors.labels(name).inc()
 
     def _retried(self, lane: str) -> None:
         if self.metrics is not None:

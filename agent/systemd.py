@@ -36,7 +36,7 @@ from dbus_fast import BusType, DBusFastError, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from agent.core.inputs import Input, UnitObserved
-from agent.errors import PermanentError, TransientError
+from agent.errors import NotPermitted, PermanentError, TransientError
 
 log = logging.getLogger("setpoint.systemd")
 
@@ -83,7 +83,19 @@ _UNIT_PROPS = {
     "LoadState": "load",
     "StateChangeTimestamp": "changed",
 }
-_SERVICE_PROPS = {"Result": "result", "MainPID": "main_pid", "NRestarts": "n_restarts"}
+_SERVICE_PROPS = {
+    "Result": "result",
+    "MainPID": "main_pid",
+    "NRestarts": "n_restarts",
+    "ExecMainCode": "exit_code",
+    "ExecMainStatus": "exit_status",
+}
+_DENIED = frozenset(
+    {
+        "org.freedesktop.DBus.Error.AccessDenied",
+        "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
+    }
+)
 _JOB_BUFFER = 512
 _BACKOFF_MIN = 0.1
 _COALESCE = 0.02
@@ -149,6 +161,8 @@ class _ReplyError(Exception):
 
 def _convert(err: _ReplyError, what: str) -> PermanentError | TransientError:
     """The project error for a D-Bus error reply about `what` (e.g. "start web.service")."""
+    if err.name in _DENIED:
+        return NotPermitted(f"{what}: {err.text} ({err.name})")
     cls = PermanentError if err.name in _PERMANENT_ERRORS else TransientError
     return cls(f"{what}: {err.text} ({err.name})")
 
@@ -171,6 +185,8 @@ class _Seen:
     result: str = "success"
     main_pid: int = 0
     n_restarts: int = 0
+    exit_code: int = 0
+    exit_status: int = 0
     changed: int = 0
     """systemd's StateChangeTimestamp (us since the epoch); 0 when unknown."""
     touched: dict[str, int] = field(default_factory=dict)
@@ -187,7 +203,8 @@ class _Seen:
         """The relevant fields, or None while incomplete."""
         if self.active is None or self.sub is None or self.load is None:
             return None
-        return (self.active, self.sub, self.load, self.result, self.main_pid, self.n_restarts)
+        return (self.active, self.sub, self.load, self.result, self.main_pid, self.n_restarts,
+                self.exit_code, self.exit_status)  # fmt: skip
 
 
 class SystemdAdapter:
@@ -688,6 +705,8 @@ class SystemdAdapter:
                 result=seen.result,
                 main_pid=seen.main_pid,
                 n_restarts=seen.n_restarts,
+                exit_code=seen.exit_code,
+                exit_status=seen.exit_status,
                 changed_at=seen.changed / 1e6,
             )
         )

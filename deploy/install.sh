@@ -45,7 +45,12 @@ do_install() {
   build=$(mktemp -d)
   trap 'rm -rf "$build"' EXIT
   cp -r "$src/pyproject.toml" "$src/README.md" "$src/agent" "$build/"  # no build/ in the tree
-  "$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade "$build"
+  # Exactly the versions the tests passed with (the lock, with hashes), then the package itself.
+  # PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR in the environment installs from a wheelhouse, offline.
+  pip=("$venv/bin/pip" --quiet --disable-pip-version-check)
+  "${pip[@]}" install --require-hashes -r "$src/requirements/build.txt" \
+    -r "$src/requirements/runtime.txt"
+  "${pip[@]}" install --no-deps --no-build-isolation --force-reinstall "$build"
 
   echo "unit: $unit"
   install -d "$(dirname "$unit")"

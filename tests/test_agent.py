@@ -293,3 +293,30 @@ async def test_effect_retries_are_counted_per_lane(tmp_path: Path) -> None:
     assert await rt.lanes.drain(5)
     await journal.close()
     assert 'setpoint_action_retries_total{lane="exec"} 1.0' in metrics.render().decode()
+
+
+async def test_a_failing_projection_never_stands_between_commit_and_dispatch(
+    tmp_path: Path,
+) -> None:
+    journal = await Journal.open(tmp_path / "state")
+    metrics = Metrics(State)
+    rt = Runtime(journal, State(), metrics=metrics)
+    ran: list[int] = []
+
+    async def record(action: TrackedAction) -> str:
+        ran.append(action.id)
+        return "ok"
+
+    def broken_projection(state: State) -> None:
+        raise RuntimeError("broker client exploded")
+
+    rt.on_commit.append(broken_projection)
+    rt.lanes.register("exec", record)
+    rt.submit(GoalsLoaded(fan_out_goals(2), 0.0))
+    rt.stop()
+    await rt.run()
+    assert await rt.lanes.drain(5)
+    await journal.close()
+    assert ran == [1, 2]
+    text = metrics.render().decode()
+    assert 'setpoint_projection_errors_total{projection="' in text

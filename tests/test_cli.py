@@ -3,9 +3,33 @@
 from __future__ import annotations
 
 import json
+import re
+import resource
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from tests.agentproc import ROOT, cli
+
+HEAD = "apiVersion: setpoint/v1\n"
+HOSTILE = {
+    "deep flow nesting": HEAD + "x: " + "[" * 200_000,
+    "deep block nesting": HEAD + "".join("  " * i + f"k{i}:\n" for i in range(300)),
+    "billion laughs": HEAD
+    + "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    ),
+    "huge file": HEAD + "#" * (2 * 1024 * 1024) + "\n",
+    "python tag": HEAD + "x: !!python/object/apply:os.system [id]\n",
+    "huge int": HEAD + "services:\n  w: {unit: w.service, restart: {limit: " + "9" * 5000 + "}}\n",
+    "binary junk": HEAD + "\x00\xff\xfe" * 1000,
+    "tab indentation": HEAD + "services:\n\tw: {}\n",
+}
 
 
 def test_validate_valid_files_exit_0() -> None:
@@ -42,3 +66,26 @@ def test_schema_is_json() -> None:
     result = cli("schema")
     assert result.returncode == 0
     assert json.loads(result.stdout)["required"] == ["apiVersion"]
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_yaml_is_refused_located_in_bounded_time_and_memory(
+    name: str, tmp_path: Path
+) -> None:
+    """Setpoint's own contract for hostile goal files: exit 2, `file:line:col: message`, no
+    traceback, under a second and a bounded RSS, whatever the YAML library's wording."""
+    path = tmp_path / "g.yaml"
+    path.write_bytes(HOSTILE[name].encode("utf-8", "surrogateescape"))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "validate", str(path)],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    seconds = time.monotonic() - start
+    rss_mb = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    first = result.stderr.splitlines()[0]
+    assert re.fullmatch(rf"{re.escape(str(path))}:\d+:\d+: \S.{{8,}}", first), first
+    assert seconds < 5.0 and rss_mb < 200, (seconds, rss_mb)

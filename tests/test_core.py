@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from agent.core.actions import Log, Resync, RunEffect, SendAlert, TrackedAction, UnitJob
+from agent.core.actions import Action, Log, Resync, RunEffect, SendAlert, TrackedAction, UnitJob
 from agent.core.inputs import (
     ActionCompleted,
     GoalsRejected,
@@ -16,7 +16,17 @@ from agent.core.inputs import (
     UnitObserved,
 )
 from agent.core.lifecycle import backoff, derive
-from agent.core.spec import AlertSink, AlertThresholds, Effect, FailoverGroup, GoalSet, Member
+from agent.core.spec import (
+    AlertSink,
+    AlertThresholds,
+    DomainSpec,
+    Effect,
+    FailoverGroup,
+    GoalSet,
+    Member,
+    StateVar,
+    Transition,
+)
 from agent.core.state import Health, Lifecycle
 from agent.core.step import restore, step
 from tests.corekit import Harness, effects, http_probe, jobs, policy, routing_domain, service
@@ -667,3 +677,103 @@ def test_a_service_member_is_judged_by_the_service_probes() -> None:
     h.tracked(ProbeResult("r-hz", True, 0.01, 1))
     h.feed(ActionCompleted(next(iter(h.state.pending)), True, 1.1))
     assert route_targets(h.tracked(ProbeResult("pg-hz", True, 0.01, 2))) == ["primary"]
+
+
+LIST = "[" + ",".join(map(str, range(40))) + "]"
+HEAVY = f"{LIST}.all(a, {LIST}.all(b, {LIST}.all(c, a + b + c >= 0)))"
+
+
+def fragile_goals() -> GoalSet:
+    """A domain whose goal fails at run time (division by zero) while hz is unhealthy and
+    blows the evaluator's iteration budget while `heavy` is set, beside the routing domain."""
+    fragile = DomainSpec(
+        name="Fragile",
+        variables=(
+            StateVar("n", "int", 1, bind='probes["hz"].healthy ? 1 : 0'),
+            StateVar("heavy", "bool", False),
+        ),
+        goal=f"10 / n > 0 && (!heavy || {HEAVY})",
+        transitions=(Transition("Go", "true", (), (("heavy", True),)),),
+        origins=((f"10 / n > 0 && (!heavy || {HEAVY})", "g.yaml:9:11"),),
+    )
+    return GoalSet(
+        services=(service("web", probes=("hz",), on_unhealthy="alert"), service("db-primary")),
+        probes=(http_probe("hz", failures=1),),
+        domains=(fragile, routing_domain()),
+        sinks=(AlertSink("am", "alertmanager", url="http://am"),),
+    )
+
+
+def test_a_failing_expression_pauses_its_domain_only_and_resumes() -> None:
+    h = Harness()
+    h.load(fragile_goals())
+    h.observe("web.service", "active", "running", 1)
+    h.observe("db-primary.service", "active", "running", 1)
+    h.feed(ProbeResult("hz", True, 0.01, 2))
+    assert not h.state.domains["Fragile"].error
+    failed = h.feed(ProbeResult("hz", False, 0.01, 3))  # n = 0: 10 / 0
+    dom = h.state.domains["Fragile"]
+    assert dom.error == "g.yaml:9:11: divide by zero" and dom.satisfied  # paused, not broken
+    alert = h.state.alerts["ExpressionFailed:Fragile"].alert
+    assert alert.firing and "g.yaml:9:11: divide by zero" in alert.summary
+    assert not [a for a in failed if isinstance(a, RunEffect)]  # nothing fired
+    # the rest of the agent carries on: a crash of another service is still restarted
+    assert jobs(h.observe("db-primary.service", "failed", "failed", 4)) == [
+        ("start", "db-primary.service")
+    ]
+    h.feed(ProbeResult("hz", True, 0.01, 5))  # its input changed: it evaluates again
+    assert not h.state.domains["Fragile"].error
+    assert not h.state.alerts["ExpressionFailed:Fragile"].alert.firing
+
+
+def test_an_expression_over_the_iteration_budget_pauses_its_domain() -> None:
+    h = Harness()
+    goals = fragile_goals()
+    fragile = replace(goals.domains[0], variables=(StateVar("heavy", "bool", False),),
+                      goal=f"heavy && {HEAVY}", origins=())  # fmt: skip
+    h.load(replace(goals, domains=(fragile, goals.domains[1])))
+    h.observe("web.service", "active", "running", 1)
+    h.feed(ProbeResult("hz", True, 0.01, 2))
+    h.feed(Tick(3))
+    dom = h.state.domains["Fragile"]
+    assert dom.values["heavy"] is True
+    assert dom.error.startswith("domain Fragile: ") and "budget" in dom.error
+
+
+def logs(actions: list[Action]) -> list[str]:
+    return [f"{a.subject}: {a.message}" for a in actions if isinstance(a, Log)]
+
+
+def test_every_job_on_a_unit_gets_one_line_with_its_reason() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("web"),)))
+    first = h.feed(UnitObserved("web.service", "inactive", "dead", 1))
+    assert logs(first) == ["web: unit is inactive; starting"]
+    assert h.state.services["web"].restarts_total == 0  # a first start is not a restart
+    h.feed(ActionCompleted(h.state.services["web"].job or 0, True, 1.1))
+    h.feed(UnitObserved("web.service", "active", "running", 1.2))
+    killed = h.feed(UnitObserved("web.service", "failed", "failed", 5, result="signal",
+                                 exit_code=2, exit_status=9))  # fmt: skip
+    assert logs(killed) == ["web: main process killed by SIGKILL; restarting (1/5)"]
+    assert h.state.services["web"].restarts_total == 1
+
+
+def test_a_unit_the_polkit_rule_does_not_cover_is_not_permitted_not_given_up() -> None:
+    h = Harness()
+    goals = GoalSet(services=(service("web"), service("db")), digest="d1",
+                    sinks=(AlertSink("am", "alertmanager", url="http://am"),))  # fmt: skip
+    h.load(goals)
+    h.observe("web.service", "failed", "failed", 1)
+    denied = "start web.service: Interactive authentication required."
+    h.feed(ActionCompleted(h.state.services["web"].job or 0, False, 2, denied, True, True))
+    h.feed(Tick(2.5))  # the service rules run on the tick
+    web = h.state.services["web"]
+    assert web.denied and "polkit-rule" in web.reason
+    assert h.state.alerts["UnitNotPermitted:web"].alert.firing
+    assert "RestartLimitReached:web" not in h.state.alerts
+    assert jobs(h.observe("db.service", "failed", "failed", 3)) == [("start", "db.service")]
+    # the operator regenerates the rule and reloads (the same goals): the unit is tried again
+    assert jobs(h.load(goals, 4)) == [("start", "web.service")]
+    h.feed(Tick(4.5))
+    assert not h.state.services["web"].denied
+    assert not h.state.alerts["UnitNotPermitted:web"].alert.firing

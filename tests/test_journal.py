@@ -511,3 +511,23 @@ async def test_concurrent_history_and_commits(journal: Journal) -> None:
         state = await run(journal, state, observations(3, t0=float(k * 10)))
     await asyncio.gather(*tasks)
     assert await journal.verify() == []
+
+
+async def test_close_waits_for_a_commit_in_flight(tmp_path: Path) -> None:
+    j = await Journal.open(tmp_path, step=fake_step)
+    state, entries = State(), []
+    for inp in observations(3):
+        new, out = fake_step(state, inp)
+        entries.append(Entry(inp.at, inp, out, ()))
+        state = new
+    commit = asyncio.create_task(j.commit(entries, state))
+    await asyncio.sleep(0)  # the commit is under way...
+    commit.cancel()  # ...and its caller is cancelled (shutdown): the write itself goes on
+    await j.close()  # must not pull the database out from under it
+    with pytest.raises(asyncio.CancelledError):
+        await commit
+    again = await Journal.open(tmp_path, step=fake_step)
+    try:
+        assert await again.load() == (state, 3)
+    finally:
+        await again.close()

@@ -15,6 +15,7 @@ sends a one-off alert, which expires on its own.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from enum import StrEnum
 
 from immutables import Map
 
@@ -23,6 +24,26 @@ from agent.core.draft import Draft, evolve
 from agent.core.lifecycle import UP
 from agent.core.spec import AlertSink, DomainSpec, Scalar, Severity, Transition
 from agent.core.state import AlertState, Delivery, ServiceState
+
+
+class Builtin(StrEnum):
+    """The agent's own alert names; goal files may not reuse them (a transition named like one
+    would make the built-in alert flap)."""
+
+    SERVICE_ERROR = "ServiceError"
+    SERVICE_STARTING_TOO_LONG = "ServiceStartingTooLong"
+    SERVICE_STOPPING_TOO_LONG = "ServiceStoppingTooLong"
+    SERVICE_THRASHING = "ServiceThrashing"
+    RESTART_LIMIT_REACHED = "RestartLimitReached"
+    SERVICE_UNHEALTHY = "ServiceUnhealthy"
+    UNIT_NOT_PERMITTED = "UnitNotPermitted"
+    GOAL_BROKEN = "GoalBroken"
+    GOALS_INVALID = "GoalsInvalid"
+    EXPRESSION_FAILED = "ExpressionFailed"
+    ALL_MEMBERS_DOWN = "AllMembersDown"
+    FAILOVER_ACTIVE = "FailoverActive"
+    ROUTE_CHANGED = "RouteChanged"
+
 
 RETRY_AFTER = 30.0
 GOAL_BROKEN_FOR = 300.0
@@ -50,7 +71,8 @@ def service_rules(draft: Draft, name: str, svc: ServiceState, now: float) -> Non
         ("ServiceStoppingTooLong", svc.lifecycle == "Stopping" and held >= spec.stopping_for,
          "warning"),
         ("ServiceThrashing", thrash >= spec.thrash_transitions, "warning"),
-        ("RestartLimitReached", svc.gave_up, "critical"),
+        ("RestartLimitReached", svc.gave_up and not svc.denied, "critical"),
+        ("UnitNotPermitted", svc.denied, "critical"),
         ("ServiceUnhealthy", unhealthy and svc.active in UP, "warning"),
     )  # fmt: skip
     for rule, active, severity in rules:
@@ -74,7 +96,7 @@ def _summary(
 
 _SERVICE_RULES = (
     "ServiceError", "ServiceStartingTooLong", "ServiceStoppingTooLong", "ServiceThrashing",
-    "RestartLimitReached", "ServiceUnhealthy",
+    "RestartLimitReached", "ServiceUnhealthy", "UnitNotPermitted",
 )  # fmt: skip
 
 
@@ -196,7 +218,7 @@ def _still_meant(draft: Draft, alert: Alert) -> bool:
         return subject in draft.services
     if alert.name in ("AllMembersDown", "FailoverActive"):
         return subject in draft.index.groups
-    if alert.name in ("GoalBroken", "GoalsInvalid"):
+    if alert.name in ("GoalBroken", "GoalsInvalid", Builtin.EXPRESSION_FAILED):
         return alert.name == "GoalsInvalid" or subject in draft.domains
     spec = draft.index.domains.get(subject)
     return spec is not None and any(t.name == alert.name for t in spec.transitions)

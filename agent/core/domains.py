@@ -80,47 +80,68 @@ def evaluate_domain(draft: Draft, name: str, now: float) -> None:
 
 
 def _round(draft: Draft, name: str, spec: DomainSpec, now: float) -> bool:
-    """One evaluation; True when an immediate assignment asks for another round."""
+    """One evaluation; True when an immediate assignment asks for another round.
+
+    An expression that fails (budget exceeded, division by zero, a wrong type...) pauses the
+    domain: nothing fires and nothing is stored but the error, until a later input makes every
+    expression evaluate again. A failure never reaches the rest of the agent.
+    """
     dom = draft.domains[name]
     decls = draft.index.decls[name]
     known = facts(draft, spec)
     if known is None:
         return False
-    env = dict(known)
-    values = dict(dom.values)
-    errors: list[str] = []
-    for var in spec.variables:
-        if var.bind:
-            env.update(values)
-            values[var.name] = _eval(var.bind, decls, env, var.type, values[var.name], errors)
-    env.update(values)
-    satisfied = bool(_eval(spec.goal, decls, env, "bool", False, errors))
+    try:
+        env = dict(known)
+        values = dict(dom.values)
+        for var in spec.variables:
+            if var.bind:
+                env.update(values)
+                values[var.name] = _eval(spec, var.bind, decls, env, var.type)
+        env.update(values)
+        satisfied = bool(_eval(spec, spec.goal, decls, env, "bool"))
+        enabled: list[Transition] = []
+        if not satisfied and not draft.maintenance:
+            enabled = [tr for tr in spec.transitions if _ready(dom, tr, now)
+                       and _eval(spec, tr.guard, decls, env, "bool")]  # fmt: skip
+    except _Failed as failed:
+        _pause(draft, name, dom, str(failed), now)
+        return False
     fired: dict[str, Scalar] = {}
     in_flight = dom.in_flight
-    if not satisfied and not draft.maintenance:
-        for tr in spec.transitions:
-            if tr.name in in_flight or dom.retry_at.get(tr.name, 0.0) > now:
-                continue
-            if _eval(tr.guard, decls, env, "bool", False, errors):
-                in_flight = _fire(draft, name, tr, in_flight, fired)
+    for tr in enabled:
+        in_flight = _fire(draft, name, tr, in_flight, fired)
     values.update(fired)
-    _store(draft, name, dom, values, satisfied, in_flight, "; ".join(errors), now)
+    _store(draft, name, dom, values, satisfied, in_flight, now)
     return bool(fired)
 
 
+def _ready(dom: DomainState, tr: Transition, now: float) -> bool:
+    return tr.name not in dom.in_flight and dom.retry_at.get(tr.name, 0.0) <= now
+
+
+class _Failed(Exception):
+    """An expression of the domain failed; the message says where and why."""
+
+
 def _eval(
-    text: str,
-    decls: tuple[tuple[str, str], ...],
-    env: dict[str, object],
+    spec: DomainSpec, text: str, decls: tuple[tuple[str, str], ...], env: dict[str, object],
     want: str,
-    fallback: Scalar,
-    errors: list[str],
-) -> Scalar:
+) -> Scalar:  # fmt: skip
     try:
         return evaluate(text, decls, env, want)  # type: ignore[arg-type]
     except ExprError as err:
-        errors.append(f"{text.strip()[:60]!r}: {err.message}")
-        return fallback
+        raise _Failed(f"{spec.origin(text)}: {err.message}") from None
+
+
+def _pause(draft: Draft, name: str, dom: DomainState, error: str, now: float) -> None:
+    """Hold the domain where it is, with the error as its reason (and an alert)."""
+    if error == dom.error:
+        return
+    draft.log("error", f"expression failed, domain paused: {error}", name)
+    draft.set_domain(name, evolve(dom, error=error))
+    rule = alerts.Builtin.EXPRESSION_FAILED.value
+    alerts.set_alert(draft, rule, name, True, "warning", f"domain {name} paused: {error}", now)
 
 
 def _fire(
@@ -147,17 +168,18 @@ def _store(
     values: dict[str, Scalar],
     satisfied: bool,
     in_flight: Map[str, InFlight],
-    error: str,
     now: float,
 ) -> None:
     new_values = dom.values if dict(dom.values) == values else Map(values)
-    if error and error != dom.error:
-        draft.log("error", f"expression error: {error}", name)
+    if dom.error:
+        draft.log("info", "expressions evaluate again; domain resumed", name)
+        rule = alerts.Builtin.EXPRESSION_FAILED.value
+        alerts.set_alert(draft, rule, name, False, "warning", "", now)
     if satisfied != dom.satisfied:
         draft.log("info", "goal holds" if satisfied else "goal broken", name)
     since = now if satisfied != dom.satisfied else dom.since
     new = evolve(
-        dom, values=new_values, satisfied=satisfied, since=since, in_flight=in_flight, error=error
+        dom, values=new_values, satisfied=satisfied, since=since, in_flight=in_flight, error=""
     )
     if new != dom:
         draft.set_domain(name, new)

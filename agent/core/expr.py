@@ -25,6 +25,7 @@ _SCALAR = {
     "double": cel.Type.DOUBLE,
 }
 _FACTS = cel.Type.Map(cel.Type.STRING, cel.Type.Map(cel.Type.STRING, cel.Type.DYN))
+_STATUS = re.compile(r"^[A-Z_]+: ")
 _LOCATION = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
 _REFERENCE = re.compile(r"""\b(services|probes)(?:\.([A-Za-z_][\w]*)|\[\s*["']([^"']+)["']\s*\])""")
 
@@ -66,14 +67,27 @@ def compile_expr(text: str, decls: Decls, want: VarType | None = "bool") -> Any:
 
 
 def evaluate(text: str, decls: Decls, data: Mapping[str, object], want: VarType = "bool") -> Scalar:
-    """Evaluate a compiled expression; an evaluation error or a wrong type raises ExprError."""
-    result = compile_expr(text, decls, want).eval(data=data)
+    """Evaluate a compiled expression; any evaluation failure or a wrong type raises ExprError.
+
+    The evaluator raises RuntimeError for some failures (iteration budget exceeded) and may
+    raise others; each is a fault of the expression, never of the caller, so all are converted.
+    """
+    program = compile_expr(text, decls, want)
+    try:
+        result = program.eval(data=data)
+    except Exception as err:  # any evaluator failure is the expression's fault
+        raise ExprError(_plain(str(err)) or type(err).__name__) from None
     value = result.value()
     if result.type() == cel.Type.ERROR:
-        raise ExprError(str(value))
+        raise ExprError(_plain(str(value)))
     if not isinstance(value, str | bool | int | float) or not _fits(value, want):
         raise ExprError(f"expression gave {type(value).__name__}, expected {want}")
     return value
+
+
+def _plain(message: str) -> str:
+    """The evaluator's message without its status code (`INVALID_ARGUMENT: `) and tags."""
+    return _STATUS.sub("", message).replace(" [INTERNAL]", "").strip()
 
 
 def _fits(value: Scalar, want: VarType) -> bool:

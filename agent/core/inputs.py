@@ -31,6 +31,10 @@ class UnitObserved:
     result: str = "success"
     main_pid: int = 0
     n_restarts: int = 0
+    exit_code: int = 0
+    """systemd's ExecMainCode: 1 exited, 2 killed, 3 dumped core (0 unknown)."""
+    exit_status: int = 0
+    """ExecMainStatus: the exit status, or the signal number when killed."""
     changed_at: float = 0.0
 
 
@@ -61,6 +65,8 @@ class ActionCompleted:
     at: float
     detail: str = ""
     permanent: bool = False
+    denied: bool = False
+    """The manager refused the action: the agent is not permitted (polkit)."""
 
 
 @dataclass(frozen=True)

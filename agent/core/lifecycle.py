@@ -56,6 +56,23 @@ def derive(
     return "Error", f"unknown ActiveState {active!r}"
 
 
+_SIGNALS = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS",
+            8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV", 13: "SIGPIPE", 14: "SIGALRM",
+            15: "SIGTERM"}  # fmt: skip
+
+
+def exit_reason(result: str, code: int, status: int) -> str:
+    """How a unit went down, in words, from Result, ExecMainCode and ExecMainStatus. Pure."""
+    if code in (2, 3):
+        signal = _SIGNALS.get(status, f"signal {status}")
+        return f"main process killed by {signal}" + (" (core dumped)" if code == 3 else "")
+    if code == 1 and status:
+        return f"main process exited with status {status}"
+    if result and result != "success":
+        return f"unit failed ({result})"
+    return "main process exited" if code == 1 else ""
+
+
 def allowed(old: Lifecycle, new: Lifecycle) -> bool:
     """True when seed 000's diagram has the edge old -> new."""
     return (old, new) in ALLOWED

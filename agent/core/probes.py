@@ -44,4 +44,15 @@ def apply(
     )
     if new != old:
         draft.set_probe(result.probe, new)
+    if new.healthy != old.healthy and new.healthy is not None:
+        _log_verdict(draft, result.probe, spec, new)
     return new.healthy != old.healthy
+
+
+def _log_verdict(draft: Draft, name: str, spec: ProbeSpec, new: ProbeState) -> None:
+    """One line per health verdict change, with the evidence."""
+    if new.healthy:
+        draft.log("info", f"probe healthy after {new.ok_streak} success(es)", name)
+    else:
+        failures = f"{new.fail_streak} failure(s)"
+        draft.log("warning", f"probe unhealthy after {failures}: {new.detail or 'failed'}", name)

@@ -5,11 +5,15 @@ from __future__ import annotations
 from agent.core.actions import UnitJob
 from agent.core.draft import Draft, evolve
 from agent.core.inputs import UnitObserved
-from agent.core.lifecycle import UP, allowed, backoff, derive
+from agent.core.lifecycle import UP, allowed, backoff, derive, exit_reason
 from agent.core.spec import ServiceSpec
 from agent.core.state import Health, Lifecycle, ProbeState, ServiceState
 
 DOWN = frozenset({"inactive", "failed"})
+POLKIT_HINT = (
+    "the polkit rule does not cover this unit: regenerate it with `setpoint polkit-rule --goals "
+    "DIR -o /etc/polkit-1/rules.d/50-setpoint.rules`, then `systemctl reload setpoint`"
+)
 
 
 def health_of(draft: Draft, spec: ServiceSpec) -> Health:
@@ -32,10 +36,12 @@ def refresh(draft: Draft, name: str, svc: ServiceState, at: float) -> ServiceSta
     """Re-derive the lifecycle from what is known and count the transition, if any."""
     spec = draft.service_spec(name)
     lifecycle, reason = derive(svc.active, svc.sub, svc.load, svc.health, _job_op(draft, svc))
-    if svc.gave_up and lifecycle == "Stopped" and spec.desired == "running":
-        lifecycle, reason = "Error", svc.reason
+    if svc.gave_up and lifecycle in ("Stopped", "Error") and spec.desired == "running":
+        lifecycle, reason = "Error", svc.reason or reason
     if lifecycle == "Error" and reason == "unhealthy":
         reason = "unhealthy: " + _probe_detail(draft, spec)
+    elif lifecycle == "Error" and reason.startswith("unit failed") and svc.exit:
+        reason = svc.exit
     if lifecycle == svc.lifecycle:
         return svc if reason == svc.reason or lifecycle != "Error" else evolve(svc, reason=reason)
     return _enter(draft, name, spec, svc, lifecycle, reason, at)
@@ -93,6 +99,10 @@ def observe(draft: Draft, name: str, obs: UnitObserved, at: float) -> ServiceSta
     if 0 < obs.changed_at <= at and (svc.active == "unknown" or obs.changed_at > svc.since):
         at = obs.changed_at
     came_up = active in UP and svc.active not in UP
+    went_down = active not in UP and (svc.active in UP or active == "failed")
+    exit = svc.exit
+    if went_down:
+        exit = exit_reason(obs.result, obs.exit_code, obs.exit_status) or f"unit went {active}"
     health = svc.health
     if came_up:
         for probe in draft.service_spec(name).probes:
@@ -106,6 +116,7 @@ def observe(draft: Draft, name: str, obs: UnitObserved, at: float) -> ServiceSta
         load=obs.load,
         health=health,
         active_since=at if came_up else svc.active_since,
+        exit=exit,
     )
     return refresh(draft, name, svc, at)
 
@@ -154,15 +165,37 @@ def reconcile(draft: Draft, name: str, now: float) -> None:
     unit = spec.unit
     job = draft.track(lambda i: UnitJob(i, unit, job_op, name))  # type: ignore[arg-type]
     attempts = len(restarts) + 1
+    counted = _is_restart(op, svc)
+    _log_job(draft, name, spec, svc, op, f" ({attempts}/{policy.limit})" if counted else "")
     delay = backoff(attempts, policy.backoff_initial, policy.backoff_factor, policy.backoff_max)
     svc = evolve(
         svc,
         job=job,
-        restarts=(*restarts, now) if op != "stop" else restarts,
-        restarts_total=svc.restarts_total + (op != "stop"),
+        restarts=(*restarts, now) if counted else restarts,
+        restarts_total=svc.restarts_total + counted,
         next_attempt=now + delay,
     )
     draft.set_service(name, refresh(draft, name, svc, now))
+
+
+def _is_restart(op: str, svc: ServiceState) -> bool:
+    """A restart, counted against the limit: not the first start of a unit that was simply
+    stopped (never seen up by the agent and not failed), and never a stop."""
+    return op == "restart" or (op == "start" and (svc.active == "failed" or svc.active_since > 0))
+
+
+def _log_job(
+    draft: Draft, name: str, spec: ServiceSpec, svc: ServiceState, op: str, count: str
+) -> None:
+    """One line per job the agent starts on a unit, with the reason."""
+    if op == "stop":
+        draft.log("info", f"unit is {svc.active} but desired stopped; stopping", name)
+    elif op == "restart":
+        draft.log("warning", f"unhealthy ({_probe_detail(draft, spec)}); restarting{count}", name)
+    elif count:
+        draft.log("warning", f"{svc.exit or 'unit ' + svc.active}; restarting{count}", name)
+    else:
+        draft.log("info", f"unit is {svc.active}; starting", name)
 
 
 def _give_up(draft: Draft, name: str, svc: ServiceState, reason: str, now: float) -> None:
@@ -173,13 +206,18 @@ def _give_up(draft: Draft, name: str, svc: ServiceState, reason: str, now: float
     draft.set_service(name, svc)
 
 
-def job_done(draft: Draft, name: str, ok: bool, permanent: bool, detail: str, at: float) -> None:
+def job_done(
+    draft: Draft, name: str, ok: bool, permanent: bool, detail: str, at: float,
+    denied: bool = False,
+) -> None:  # fmt: skip
     """A unit job finished: free the slot; a permanent failure gives up with its reason."""
     svc = evolve(draft.services[name], job=None)
+    if denied:
+        detail = f"not permitted: {detail}; {POLKIT_HINT}"
     if not ok:
         draft.log("warning" if not permanent else "error", f"job failed: {detail}", name)
     if permanent:
-        svc = evolve(svc, gave_up=True, reason=detail)
+        svc = evolve(svc, gave_up=True, denied=denied, reason=detail)
     draft.set_service(name, refresh(draft, name, svc, at))
 
 
@@ -198,5 +236,6 @@ def settle(draft: Draft, name: str, now: float) -> None:
 
 def reset(draft: Draft, name: str, at: float) -> None:
     """Operator reset (seed 000's reset()): clear give-up and counters."""
-    svc = evolve(draft.services[name], restarts=(), gave_up=False, next_attempt=0.0, reason="")
+    svc = evolve(draft.services[name], restarts=(), gave_up=False, denied=False, next_attempt=0.0,
+                 reason="")  # fmt: skip
     draft.set_service(name, refresh(draft, name, svc, at))

@@ -137,6 +137,12 @@ class DomainSpec:
     variables: tuple[StateVar, ...]
     goal: str
     transitions: tuple[Transition, ...]
+    origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    """Where each expression is written: (expression text, `file:line:col`); not in the digest."""
+
+    def origin(self, text: str) -> str:
+        """The `file:line:col` of an expression of this domain, or its name when unknown."""
+        return next((where for t, where in self.origins if t == text), f"domain {self.name}")
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,11 @@ class ServiceState:
     restarts_total: int = 0
     next_attempt: float = 0.0
     gave_up: bool = False
+    denied: bool = False
+    """The manager refused the agent's job (polkit): given up until a reload or a reset."""
     reason: str = ""
+    exit: str = ""
+    """How the unit last went down, in words ("main process killed by SIGKILL")."""
     maintenance: bool = False
 
 

@@ -135,7 +135,9 @@ def _action_completed(draft: Draft, done: ActionCompleted) -> None:
         name = draft.index.unit_to_service.get(action.unit)
         if name is not None and draft.services[name].job == action.id:
             old = draft.services[name]
-            services.job_done(draft, name, done.ok, done.permanent, done.detail, done.at)
+            services.job_done(
+                draft, name, done.ok, done.permanent, done.detail, done.at, done.denied
+            )
             _after_service_change(draft, name, old, done.at)
     elif isinstance(action, SendAlert):
         alerts.delivered(draft, action, done.ok, done.at)
@@ -165,6 +167,15 @@ def _command(draft: Draft, cmd: OperatorCommand) -> None:
         draft.maintenance = cmd.command == "maintenance_on"
         _tick(draft, cmd.at)
     draft.log("info", f"operator command {cmd.command} {cmd.target}".strip())
+
+
+def _retry_denied(draft: Draft, at: float) -> None:
+    """A reload is how an operator says the polkit rule was regenerated: try those again."""
+    for name, svc in list(draft.services.items()):
+        if svc.denied:
+            draft.log("info", "goals reloaded: trying the unit that was not permitted again", name)
+            services.reset(draft, name, at)
+            services.reconcile(draft, name, at)
 
 
 def build_index(goals: GoalSet) -> Index:
@@ -219,6 +230,7 @@ def build_index(goals: GoalSet) -> Index:
 
 def _goals_loaded(draft: Draft, goals: GoalSet, at: float) -> None:
     if goals.digest and goals.digest == draft.goals.digest:
+        _retry_denied(draft, at)
         return
     old_index = draft.index
     draft.goals, draft.index = goals, build_index(goals)
@@ -230,7 +242,9 @@ def _goals_loaded(draft: Draft, goals: GoalSet, at: float) -> None:
         if prev is None or before is None or before.unit != spec.unit:
             svcs[spec.name] = ServiceState(since=at, job=busy.get(spec.unit))
         elif before != spec:
-            svcs[spec.name] = evolve(prev, restarts=(), gave_up=False, next_attempt=0.0)
+            svcs[spec.name] = evolve(
+                prev, restarts=(), gave_up=False, denied=False, next_attempt=0.0
+            )
         else:
             svcs[spec.name] = prev
     draft.services = Map(svcs)

@@ -22,7 +22,7 @@ from agent.core.spec import (
     StateVar,
     Transition,
 )
-from agent.goals.merged import Merged
+from agent.goals.merged import Entry, Merged
 from agent.goals.model import (
     DomainModel,
     EffectModel,
@@ -46,7 +46,7 @@ def build(merged: Merged) -> GoalSet:
     goals = GoalSet(
         services=tuple(service(n, merged.services[n].model) for n in sorted(merged.services)),
         probes=tuple(probe(n, merged.probes[n].model) for n in sorted(merged.probes)),
-        domains=tuple(domain(n, merged.domains[n].model) for n in sorted(merged.domains)),
+        domains=tuple(_domain(merged.domains[n]) for n in sorted(merged.domains)),
         groups=tuple(group(n, merged.groups[n].model) for n in sorted(merged.groups)),
         sinks=tuple(sink(n, merged.sinks[n].model) for n in sorted(merged.sinks)),
     )
@@ -54,8 +54,9 @@ def build(merged: Merged) -> GoalSet:
 
 
 def digest(goals: GoalSet) -> str:
-    """sha256 of the canonical JSON of everything but the digest itself."""
-    content = dataclasses.asdict(dataclasses.replace(goals, digest=""))
+    """sha256 of the canonical JSON of the content: not the digest, not where things are written."""
+    domains = tuple(dataclasses.replace(d, origins=()) for d in goals.domains)
+    content = dataclasses.asdict(dataclasses.replace(goals, digest="", domains=domains))
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -162,6 +163,22 @@ def domain(name: str, m: DomainModel) -> DomainSpec:
     )
     variables = tuple(variable(n, v) for n, v in m.state.items())
     return DomainSpec(name=name, variables=variables, goal=m.goal, transitions=transitions)
+
+
+def _domain(entry: Entry[DomainModel]) -> DomainSpec:
+    """The DomainSpec with the file position of each of its expressions."""
+    m = entry.model
+    spec = domain(entry.name, m)
+    places: list[tuple[str, tuple[str, ...]]] = [(m.goal, ("goal",))]
+    places += [(v.bind, ("state", n, "bind")) for n, v in m.state.items() if v.bind]
+    places += [(t.when, ("transitions", n, "when")) for n, t in m.transitions.items()]
+    origins = []
+    for text, loc in places:
+        node = entry.node(*loc)
+        if node is not None:
+            mark = node.start_mark
+            origins.append((text, f"{entry.doc.file}:{mark.line + 1}:{mark.column + 1}"))
+    return dataclasses.replace(spec, origins=tuple(origins))
 
 
 def _widen(value: Scalar, kind: str) -> Scalar:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 PATTERN = r"^\s*(\d+(\.\d+)?(ms|s|m|h|d))+\s*$"
@@ -29,6 +30,28 @@ def parse_duration(value: object) -> float:
         except ValueError:
             raise ValueError(f"invalid duration {value[:40]!r}: {HINT}") from None
     return _checked(sum(float(n) * UNITS[u] for n, u in _PART.findall(text)), value)
+
+
+def within(low: float, high: float) -> Callable[[object], float]:
+    """A parser of durations between `low` and `high` seconds (both included)."""
+
+    def parse(value: object) -> float:
+        seconds = parse_duration(value)
+        if not low <= seconds <= high:
+            shown = value if isinstance(value, int | float) else repr(str(value)[:40])
+            span = f"between {format_duration(low)} and {format_duration(high)}"
+            raise ValueError(f"duration must be {span}, got {shown}")
+        return seconds
+
+    return parse
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling: 0s, 10ms, 5s, 24h, 30d."""
+    for unit in ("d", "h", "m", "s"):
+        if seconds >= UNITS[unit] and seconds % UNITS[unit] == 0:
+            return f"{seconds / UNITS[unit]:g}{unit}"
+    return f"{seconds * 1000:g}ms" if seconds else "0s"
 
 
 def _checked(seconds: float, original: object) -> float:

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 from yaml.nodes import ScalarNode
 
-from agent.core.expr import Decls, ExprError, compile_expr, references
+from agent.core.alerts import Builtin
+from agent.core.expr import Decls, ExprError, compile_expr, evaluate, references
 from agent.core.spec import VarType
 from agent.errors import Problem
 from agent.goals.checks import unknown
@@ -22,6 +23,7 @@ from agent.goals.problems import describe, short
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _WORDS = "true false null in as break const continue else for function if import let loop"
 RESERVED = frozenset(f"{_WORDS} package namespace return var void while services probes".split())
+BUILTIN_ALERTS = frozenset(Builtin)
 WORDS: dict[VarType, str] = {
     "string": "a string",
     "bool": "true or false",
@@ -63,6 +65,9 @@ def _domain(dom: Entry[DomainModel], merged: Merged) -> Iterator[Problem]:
             yield from _expr(dom, ("state", name, "bind"), var.bind, decls, var.type, merged)
     yield from _expr(dom, ("goal",), dom.model.goal, decls, "bool", merged)
     for name, tr in dom.model.transitions.items():
+        if name in BUILTIN_ALERTS:
+            message = f"transition name '{name}' is reserved: it is a built-in alert's name"
+            yield dom.problem(message, "transitions", name, key=True)
         yield from _expr(dom, ("transitions", name, "when"), tr.when, decls, "bool", merged)
         yield from _assignments(dom, name, tr)
 
@@ -104,6 +109,9 @@ def _expr(
     except ExprError as err:
         offset = offset_of(text, err.line, err.col)
         yield _at(dom, loc, offset, f"{loc[-1]}: {err.message}{_dotted_hint(text)}")
+    else:
+        if (overrun := _overruns(text, decls, want)) is not None:
+            yield _at(dom, loc, 0, f"{loc[-1]}: {overrun}")
     for kind, name in references(text):
         table = merged.services if kind == "services" else merged.probes
         if name not in table:
@@ -112,6 +120,30 @@ def _expr(
 
 
 _DOTTED = re.compile(r"\b(services|probes)\.([A-Za-z_][\w]*(?:-[\w]+)+)")
+
+
+_ZERO: dict[VarType, object] = {"string": "", "bool": False, "int": 0, "double": 0.0}
+_SERVICE = {"state": "Running", "healthy": True, "health": "healthy", "active": "active",
+            "sub": "running", "restarts": 0}  # fmt: skip
+
+
+def _overruns(text: str, decls: Decls, want: VarType) -> str | None:
+    """Why an expression is too costly to run, from one trial evaluation on neutral values.
+
+    The evaluator offers no static cost estimate; a trial run with every variable at its
+    type's zero and every named service healthy catches comprehensions over literal lists
+    whose cost does not depend on the facts (the common way to write an unbounded one).
+    """
+    data: dict[str, object] = {name: _ZERO[kind] for name, kind in decls}
+    data["services"] = {n: _SERVICE for k, n in references(text) if k == "services"}
+    data["probes"] = {n: {"healthy": True, "over_budget": False}
+                      for k, n in references(text) if k == "probes"}  # fmt: skip
+    try:
+        evaluate(text, decls, data, want)
+    except ExprError as err:
+        if "budget" in err.message:
+            return f"too costly: {err.message} when evaluated once at load (nested comprehensions?)"
+    return None
 
 
 def _dotted_hint(text: str) -> str:

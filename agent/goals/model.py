@@ -6,6 +6,7 @@ dataclasses, so each default lives in one place (agent/core/spec.py).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -21,7 +22,7 @@ from pydantic import (
 )
 
 from agent.goals.durations import PATTERN as DURATION_PATTERN
-from agent.goals.durations import parse_duration
+from agent.goals.durations import within
 
 API_VERSION = "setpoint/v1"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
@@ -60,18 +61,27 @@ def _argv(value: object) -> object:
 def _scalar(value: object) -> object:
     if not isinstance(value, str | bool | int | float):
         raise ValueError(f"expected a string, bool, int or double, got {type(value).__name__}")
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+        raise ValueError("integer out of range: CEL integers are 64-bit (about ±9.2e18)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("number must be finite")
     return value
 
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Unit = Annotated[str, AfterValidator(_unit)]
-Duration = Annotated[float, BeforeValidator(parse_duration), _DURATION_SCHEMA]
-Interval = Annotated[float, Field(gt=0), BeforeValidator(parse_duration), _DURATION_SCHEMA]
+# Documented ranges (README "Ranges"): nothing a timer or a counter could overflow on.
+DAY = 86_400.0
+MAX_COUNT = 10_000
+INT64 = (-(2**63), 2**63 - 1)
+Duration = Annotated[float, BeforeValidator(within(0, 30 * DAY)), _DURATION_SCHEMA]
+Interval = Annotated[float, BeforeValidator(within(0.01, DAY)), _DURATION_SCHEMA]
+Window = Annotated[float, BeforeValidator(within(1, 30 * DAY)), _DURATION_SCHEMA]
 Argv = Annotated[list[str], BeforeValidator(_argv)]
 Url = Annotated[str, StringConstraints(pattern=r"^https?://\S+$")]
 Expression = Annotated[str, StringConstraints(min_length=1, max_length=MAX_EXPRESSION)]
 ScalarValue = Annotated[Any, AfterValidator(_scalar), _SCALAR_SCHEMA]
-Count = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -93,9 +103,9 @@ class RestartModel(Strict):
 
     backoff: Duration | None = None
     backoff_max: Duration | None = None
-    factor: Annotated[float, Field(ge=1)] | None = None
+    factor: Annotated[float, Field(ge=1, le=100)] | None = None
     limit: Count | None = None
-    window: Interval | None = None
+    window: Window | None = None
     stable_for: Duration | None = None
 
 
@@ -106,7 +116,7 @@ class AlertsModel(Strict):
     starting_for: Duration | None = None
     stopping_for: Duration | None = None
     thrash_transitions: Count | None = None
-    thrash_window: Interval | None = None
+    thrash_window: Window | None = None
 
 
 class ServiceModel(Strict):

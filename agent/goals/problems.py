@@ -74,8 +74,11 @@ def _problem(doc: Doc, detail: ErrorDetails) -> Problem:
         return problem_at(doc.file, _key(doc, loc), message)
     if kind == "value_error":
         message = str(detail.get("ctx", {}).get("error", detail["msg"]))
-        whole = isinstance(detail["input"], dict)
-        return problem_at(doc.file, _key(doc, loc) if whole else _value(doc, loc), message)
+        if isinstance(detail["input"], dict):
+            return problem_at(doc.file, _key(doc, loc), message)
+        named = not loc or message.startswith(f"{loc[-1]} ")
+        text = message if named else f"{_label(loc)}: {message}"
+        return problem_at(doc.file, _value(doc, loc), text)
     return problem_at(doc.file, _value(doc, loc), f"{_label(loc)}: {_message(detail)}")
 
 
