@@ -165,7 +165,10 @@ def wait_log(ct: Container, cursor: str, pattern: str, timeout: float = 15.0) ->
         found[:] = [ln for ln in agent_log(ct, cursor).splitlines() if re.search(pattern, ln)]
         return bool(found)
 
-    wait_for(seen, timeout, f"a journal line of setpoint matching {pattern!r}", poll=0.2)
+    try:
+        wait_for(seen, timeout, f"a journal line of setpoint matching {pattern!r}", poll=0.2)
+    except AssertionError as err:
+        raise AssertionError(f"{err}; its journal since:\n{agent_log(ct, cursor)}") from None
     return found[0]
 
 
