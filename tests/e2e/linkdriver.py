@@ -156,6 +156,7 @@ class LinkProcess:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.net.argv(self.node, argv), stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=err, cwd=ROOT, env=env,
+                start_new_session=True,
             )  # fmt: skip
         self._reader = asyncio.create_task(self._read(), name=f"read-{self.node}")
 

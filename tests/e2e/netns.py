@@ -7,8 +7,10 @@ Everything lives inside namespaces named after this run (`sp<pid>x<k>`), so conc
 never collide and nothing is added to the machine's own network. `cut(host)` sets the host's
 eth0 down inside its namespace (the host keeps its loopback and its processes); `heal(host)`
 sets it up again. `close()` kills every process left in the namespaces and deletes them; it
-runs from a context manager, so a failing or interrupted (Ctrl-C) test cleans up too, and
-namespaces left by a run that was killed outright are swept by the next one.
+runs from a context manager, so a failing or interrupted (Ctrl-C) test cleans up too; the
+processes run in their own sessions, so a Ctrl-C reaches pytest only and the teardown stops
+them in order. Namespaces (and processes) left by a run that was killed outright are swept by
+the next run.
 
 `EtcdCluster` starts one Debian `etcd` member per host (data in tmpfs when there is one) and
 waits until every member answers `endpoint health`.
@@ -71,12 +73,22 @@ def _kill_namespace(ns: str) -> None:
     _ip("netns", "del", ns, check=False)
 
 
+def _scratch() -> Path:
+    """Where etcd keeps its data: tmpfs when there is one (fsync is cheap there)."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
 def sweep_stale() -> None:
-    """Delete namespaces of earlier runs whose pytest process is gone (killed outright)."""
+    """Delete namespaces and etcd data of earlier runs whose pytest process is gone."""
     for ns in _namespaces():
         found = _TAG.match(ns)
         if found and not _alive(int(found.group(1))):
             _kill_namespace(ns)
+    for path in _scratch().glob("sp*x*-etcd-*"):
+        found = _TAG.match(path.name)
+        if found and not _alive(int(found.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def require() -> None:
@@ -145,8 +157,9 @@ class Hosts:
         """Start `argv` in host `name`, output to `log`; killed by close() at the latest."""
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                self.argv(name, argv), stdin=subprocess.DEVNULL, stdout=out, stderr=out
-            )
+                self.argv(name, argv), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                start_new_session=True,  # a Ctrl-C is for pytest; close() stops these in order
+            )  # fmt: skip
         self._procs.append(proc)
         return proc
 
@@ -256,9 +269,7 @@ class EtcdCluster:
 @contextlib.contextmanager
 def etcd_cluster(net: Hosts, timeout: float = 30.0) -> Iterator[EtcdCluster]:
     """An etcd member on every host of `net`, healthy; its data in a temp dir (tmpfs if any)."""
-    shm = Path("/dev/shm")
-    base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-    with tempfile.TemporaryDirectory(prefix=f"{net.tag}-etcd-", dir=base) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{net.tag}-etcd-", dir=_scratch()) as tmp:
         cluster = EtcdCluster(net, Path(tmp))
         try:
             for name in net.names:
