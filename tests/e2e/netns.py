@@ -239,6 +239,19 @@ class EtcdCluster:
             "--logger", "zap", "--log-outputs", "stderr",
         ], self.log(name))  # fmt: skip
 
+    def kill(self, name: str) -> None:
+        """SIGKILL the member of host `name` (its data stays; `revive()` starts it again)."""
+        proc = self.procs[name]
+        proc.kill()
+        proc.wait()
+
+    def revive(self) -> None:
+        """Start again every member that is not running."""
+        for name in self.net.names:
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None:
+                self.start(name)
+
     def healthy(self, name: str) -> bool:
         """Whether `name`'s member answers a quorum read."""
         done = self.net.run(

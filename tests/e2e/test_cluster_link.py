@@ -8,14 +8,19 @@ event (a view printed by a link process), never a fixed sleep. Figures go to std
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from agent.adapters.cluster import ClusterConfig, ClusterLink, ClusterUnavailable
+from tests.agentproc import free_port, wait_until
+from tests.brokers import make_certificates
 from tests.e2e.linkdriver import LinkProcess, View
-from tests.e2e.netns import EtcdCluster, Hosts, etcd_cluster, hosts
+from tests.e2e.netns import ETCD, ETCDCTL, EtcdCluster, Hosts, etcd_cluster, hosts
+from tests.needs import tool, unavailable
 
 TTL = 2
 
@@ -38,6 +43,7 @@ def healed(net: Hosts, etcd: EtcdCluster) -> Iterator[None]:
     yield
     for name in net.names:
         net.heal(name)
+    etcd.revive()
     etcd.wait_healthy(30)
 
 
@@ -203,3 +209,78 @@ async def test_quorum_loss_is_reported_and_recovers(
     leader = await one_leader(links, names, 30)
     figure("recovery (heal -> one leader, all healthy)", time.monotonic() - healed)
     assert (await links[leader].call("fenced_put", key="after", value="quorum"))["ok"] is True
+
+
+async def test_a_link_whose_member_dies_moves_to_another_and_keeps_its_lease(
+    etcd: EtcdCluster, links: dict[str, LinkProcess]
+) -> None:
+    names = list(links)
+    leader = await one_leader(links, names, 20)
+    fence = links[leader].view["fence"]
+    killed = time.monotonic()
+    await asyncio.to_thread(etcd.kill, leader)  # its own member, first in its endpoint list
+    await links[leader].wait(lambda v: not v["healthy"], 10, "the member's death", since=killed)
+    back = await links[leader].wait(lambda v: v["healthy"], 15, "healthy via another member")
+    figure("own etcd member killed -> link healthy via another member", back["t"] - killed)
+    assert await one_leader(links, names, 15) == leader
+    assert links[leader].view["fence"] == fence, "the lease survived: same term"
+
+
+@pytest.fixture
+def tls_etcd(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A one-member etcd on loopback that wants TLS and a client certificate: (URL, PEM dir)."""
+    if not Path(ETCD).exists():
+        unavailable(f"{ETCD} not installed (Debian package etcd-server)")
+    make_certificates(tmp_path)
+    openssl = tool("openssl", "openssl")
+    sign = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"]
+    for argv in (
+        ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=setpoint"],
+        ["x509", "-req", "-in", "client.csr", *sign, "-out", "client.pem"],
+    ):  # fmt: skip
+        subprocess.run([openssl, *argv], cwd=tmp_path, check=True, capture_output=True)
+    url, peer = f"https://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    tls = [f"--{flag}={tmp_path / name}" for flag, name in (
+        ("cert-file", "server.pem"), ("key-file", "server.key"), ("trusted-ca-file", "ca.pem"),
+    )]  # fmt: skip
+    with (tmp_path / "etcd.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [ETCD, "--data-dir", str(tmp_path / "data"), "--listen-client-urls", url,
+             "--advertise-client-urls", url, "--listen-peer-urls", peer,
+             "--initial-advertise-peer-urls", peer, "--initial-cluster", f"default={peer}",
+             "--client-cert-auth", *tls],
+            stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+    client = [f"--cacert={tmp_path}/ca.pem", f"--cert={tmp_path}/client.pem",
+              f"--key={tmp_path}/client.key"]  # fmt: skip
+    try:
+        wait_until(
+            lambda: subprocess.run(
+                [ETCDCTL, "--endpoints", url, *client, "endpoint", "health"],
+                capture_output=True, check=False, timeout=10,
+            ).returncode == 0 or proc.poll() is not None,
+            20, "etcd with TLS",
+        )  # fmt: skip
+        assert proc.poll() is None, (tmp_path / "etcd.log").read_text()[-2000:]
+        yield url, tmp_path
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_tls_with_a_client_certificate(tls_etcd: tuple[str, Path]) -> None:
+    url, pem = tls_etcd
+    config = ClusterConfig(
+        [url], "tls", "n1", ca=pem / "ca.pem", cert=pem / "client.pem", key=pem / "client.key"
+    )
+    async with ClusterLink(config) as link:
+        view = await link.wait_for(lambda v: v.is_leader and v.healthy, 10)
+        assert view.members == ("n1",)
+        assert await link.fenced_put("k", "v") is True
+        assert await link.get("k") == "v"
+    anonymous = ClusterConfig([url], "tls", "n2", ca=pem / "ca.pem", timeout=1.0)
+    async with ClusterLink(anonymous) as link:
+        with pytest.raises(ClusterUnavailable):
+            await link.get("k")
+        assert not link.healthy

@@ -1,4 +1,4 @@
-"""Cluster adapter: etcd for high availability (lease, election, fenced writes, facts).
+"""Adapters / cluster: etcd for high availability (lease, election, fenced writes, facts).
 
 config.py   ClusterConfig and the key space under /setpoint/<cluster>/
 link.py     ClusterLink: one node's lease, campaign, view of the cluster, fenced txns

@@ -1,4 +1,4 @@
-"""Cluster adapter: what a node needs to join (endpoints, names, lease TTL) and the key space.
+"""Adapters / cluster: what a node needs to join (endpoints, names, lease TTL) and the key space.
 
 Every key of a cluster lives under `/setpoint/<cluster>/`:
 
@@ -10,6 +10,7 @@ Every key of a cluster lives under `/setpoint/<cluster>/`:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ class ClusterConfig:
     `timeout` bounds reads and fenced writes.
     """
 
-    endpoints: tuple[str, ...]
+    endpoints: Sequence[str]
     cluster: str
     node: str
     ttl: int = 2

@@ -1,4 +1,4 @@
-"""Cluster adapter: etcd failures as Setpoint errors (see agent.errors).
+"""Adapters / cluster: etcd failures as Setpoint errors (see agent.errors).
 
 TransientError
 ├── ClusterUnavailable   etcd unreachable, no quorum, timed out: the answer is unknown

@@ -1,4 +1,4 @@
-"""Cluster adapter: a narrow, typed etcd v3 client (leases, ranges, txns, watches).
+"""Adapters / cluster: a narrow, typed etcd v3 client (leases, ranges, txns, watches).
 
 Built on aetcd's generated etcd v3 gRPC stubs (`aetcd.rpc`) over our own `grpc.aio` channel,
 not on `aetcd.Client`: the client speaks to one plaintext endpoint with one timeout for every

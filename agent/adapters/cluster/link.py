@@ -1,4 +1,4 @@
-"""Cluster adapter: one node's link to etcd: lease, election, fenced writes, facts.
+"""Adapters / cluster: one node's link to etcd: lease, election, fenced writes, facts.
 
     async with ClusterLink(config, on_change=callback) as link:
         link.view()            who leads, this node's term (fence), members, facts, health
@@ -353,12 +353,14 @@ class ClusterLink:
         backoff.reset()
         log.info("cluster %s: lease %x (TTL %d s) via %s", self.config.cluster, lease, ttl,
                  etcd.endpoint)  # fmt: skip
+        next_at = sent + self._interval
         while True:
             if self._own_rev is None:
                 await self._campaign(lease)
             self._changed()
-            await asyncio.sleep(max(0.0, sent + self._interval - time.monotonic()))
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             sent = time.monotonic()
+            next_at = sent + self._interval
             try:
                 await etcd.keepalive(lease, timeout=self._interval)
             except LeaseLost:
@@ -367,6 +369,9 @@ class ClusterLink:
                 if self._renew_ok:
                     log.warning("cluster %s: renewal failed: %s", self.config.cluster, err)
                 self._renew_ok = False
+                # A quick failure (refused: the member died) is retried at once, on the next
+                # endpoint after the second one, while the lease is still surely valid.
+                next_at = min(next_at, time.monotonic() + self._interval / 6)
                 continue
             self._renewed, self._renew_ok = sent, True
             self._renewal.set()
