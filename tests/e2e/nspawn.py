@@ -221,7 +221,15 @@ def checkout_files() -> list[str]:
 
 
 def copy_checkout(dest: Path) -> int:
-    """Copy the working tree's files (tracked and untracked, not ignored) to `dest`."""
+    """Copy the working tree's files (tracked and untracked, not ignored) to `dest`.
+
+    SETPOINT_E2E_SRC=DIR copies that directory instead (e.g. a `git archive` of a commit, to
+    run these tests against it while the working tree is in the middle of a change).
+    """
+    other = os.environ.get("SETPOINT_E2E_SRC")
+    if other:
+        shutil.copytree(other, dest, symlinks=True, dirs_exist_ok=True)
+        return sum(1 for p in dest.rglob("*") if p.is_file())
     files = checkout_files()
     for name in files:
         target = dest / name
@@ -500,12 +508,28 @@ class Container:
         found = re.search(r"-- cursor: (\S+)", out)
         return found.group(1) if found else ""
 
-    def journal(self, unit: str = "setpoint", after: str = "", output: str = "cat") -> str:
-        """`journalctl -u UNIT -o OUTPUT [--after-cursor]` (messages only by default)."""
-        args = ["journalctl", "--no-pager", "-u", unit, "-o", output]
+    def journal(self, unit: str = "setpoint", after: str = "", boot: str = "") -> str:
+        """The messages of `unit` in the journal, one a line, after the cursor `after`.
+
+        Not `journalctl -u UNIT --after-cursor=C`: when the entry at C is not one of UNIT's,
+        that skips UNIT's first entry after it (systemd 252). Here: `--cursor=C` (inclusive)
+        and the entry at C dropped by its cursor.
+        """
+        args = ["journalctl", "--no-pager", "-u", unit, "-o", "json"]
         if after:
-            args.append(f"--after-cursor={after}")
-        return self.run(*args).stdout
+            args.append(f"--cursor={after}")
+        if boot:
+            args.append(f"--boot={boot}")
+        messages: list[str] = []
+        for line in self.run(*args).stdout.splitlines():
+            entry = json.loads(line)
+            if entry.get("__CURSOR") == after:
+                continue
+            message = entry.get("MESSAGE", "")
+            if isinstance(message, list):  # not UTF-8: journalctl gives the bytes
+                message = bytes(message).decode(errors="replace")
+            messages.append(str(message))
+        return "\n".join(messages) + ("\n" if messages else "")
 
 
 def _children(pid: int) -> list[int]:
