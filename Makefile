@@ -72,6 +72,7 @@ check: $(STAMP) lock-check
 	$(BIN)/ruff format --check agent tests bench deploy
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python -m tests.layers
 
 bench: setup
 	$(BIN)/python -m bench

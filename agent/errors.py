@@ -1,4 +1,4 @@
-"""Setpoint's error tree. Adapters convert library exceptions into these at their edge.
+"""Errors: Setpoint's error tree. Adapters convert library exceptions into these at their edge.
 
     SetpointError
     ├── ConfigError            goal files: carries every problem found, each with file:line:col

@@ -22,13 +22,13 @@ from pathlib import Path
 
 from immutables import Map
 
-from agent import codec
 from agent.core.actions import UnitJob
 from agent.core.inputs import GoalsLoaded, Input, UnitObserved
 from agent.core.spec import GoalSet, ServiceSpec
 from agent.core.state import State
 from agent.core.step import step
-from agent.journal import Entry, Journal
+from agent.journal import codec
+from agent.journal.store import Entry, Journal
 
 BATCH = 256
 GROUPED = 20_000

@@ -23,15 +23,15 @@ from pathlib import Path
 
 import aiomqtt
 
-from agent import outputs
+from agent.adapters.mqtt.config import MqttConfig
+from agent.app import wire_outputs
 from agent.core.inputs import GoalsLoaded, GoalsRejected, Input, ProbeResult, UnitObserved
 from agent.core.spec import AlertSink, GoalSet, ProbeSpec, ServiceSpec
 from agent.core.state import State
 from agent.core.step import step
-from agent.journal import Journal
-from agent.metrics import Metrics
-from agent.mqtt_config import MqttConfig
-from agent.runtime import Runtime
+from agent.interfaces.metrics import Metrics
+from agent.journal.store import Journal
+from agent.runtime.loop import Runtime
 from tests.brokers import MOSQUITTO, Mosquitto
 
 ALERTS = int(os.environ.get("SETPOINT_BENCH_ALERTS", "200"))
@@ -49,7 +49,7 @@ async def alert_latency(broker: Mosquitto, directory: Path) -> list[float]:
     goals = GoalSet(services=(ServiceSpec("web", "web.service"),), sinks=(sink,), digest="b")
     journal = await Journal.open(directory)
     rt = Runtime(journal, State())
-    wired = outputs.wire(rt, MqttConfig("127.0.0.1", broker.port), "bench")
+    wired = wire_outputs(rt, MqttConfig("127.0.0.1", broker.port), "bench")
     assert wired.mqtt is not None
     stop = asyncio.Event()
     tasks = [

@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from agent.adapters.effects.web import write_file
+from agent.app import Daemon, Options
 from agent.core.actions import TrackedAction
 from agent.core.inputs import Input, ProbeResult
-from agent.daemon import Daemon, Options
-from agent.hooks import write_file
 from tests.agentproc import free_port
 
 PROBES = int(os.environ.get("SETPOINT_BENCH_PROBES", "1000"))

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.adapters.systemd.bus import unit_path
+from agent.app import Daemon, Options
 from agent.core.actions import TrackedAction, UnitJob
 from agent.core.inputs import Input, UnitObserved
-from agent.daemon import Daemon, Options
-from agent.lanes import RetryPolicy
-from agent.systemd import unit_path
+from agent.runtime.lanes import RetryPolicy
 from tests.agentproc import AgentProcess, status, wait_until
 from tests.sysmgr import SystemdUser
 

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from agent import control
 from agent.core.actions import TrackedAction
+from agent.core.commands import parse
 from agent.core.inputs import GoalsLoaded, Tick
 from agent.core.spec import DomainSpec, Effect, GoalSet, StateVar, Transition
 from agent.core.state import State
 from agent.errors import JournalError, TransientError
-from agent.journal import Entry, Journal
-from agent.lanes import RetryPolicy
-from agent.metrics import Metrics
-from agent.runtime import Runtime
+from agent.interfaces.metrics import Metrics
+from agent.journal.store import Entry, Journal
+from agent.runtime.lanes import RetryPolicy
+from agent.runtime.loop import Runtime
 from tests.agentproc import AgentProcess, cli, journal_rows, status, wait_until
 
 
@@ -235,7 +235,7 @@ def test_operator_commands_reach_the_agent_and_bad_ones_change_nothing(tmp_path:
 )
 def test_command_parsing_rejects_bad_requests(body: bytes, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        control.parse(body, {"web"})
+        parse(body, {"web"})
 
 
 class FlakyJournal(Journal):

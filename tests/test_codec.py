@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from immutables import Map
 
-from agent import codec
 from agent.core.actions import Action, Resync, UnitJob
 from agent.core.inputs import Input, Tick, UnitObserved
 from agent.core.spec import GoalSet, RestartPolicy
 from agent.core.state import ProbeState, ServiceState, State
 from agent.errors import JournalCorrupt
+from agent.journal import codec
 
 
 def _maps(alias: Any) -> st.SearchStrategy[Map[Any, Any]]:

@@ -16,7 +16,7 @@ from agent.core.inputs import ActionCompleted, GoalsLoaded, ProbeResult, UnitObs
 from agent.core.spec import GoalSet
 from agent.core.state import State
 from agent.core.step import step
-from agent.metrics import Metrics
+from agent.interfaces.metrics import Metrics
 from tests import needs
 from tests.agentproc import ROOT
 from tests.corekit import http_probe, routing_domain, service
@@ -39,7 +39,7 @@ def exposed_names() -> set[str]:
     metrics = Metrics(lambda: state, lambda: 10.0)
     metrics.observe_probe(ProbeResult("hz", True, 0.02, 3.0))
     job = UnitJob(1, "web.service", "start", "web")
-    metrics.observe_completion(job, ActionCompleted(1, True, 4.0))
+    metrics.completed(job, ActionCompleted(1, True, 4.0))
     metrics.observe_reload(True, 5.0)
     metrics.commit.observe(0.001)
     text = metrics.render().decode()

@@ -8,12 +8,12 @@ import time
 
 import pytest
 
+from agent.adapters.effects.exec import OUTPUT_LIMIT, run_exec
 from agent.core.actions import RunEffect, TrackedAction
 from agent.core.inputs import ActionCompleted, Input
 from agent.core.spec import Effect
 from agent.errors import PermanentError, TransientError
-from agent.execution import OUTPUT_LIMIT, run_exec
-from agent.lanes import Lanes, RetryPolicy
+from agent.runtime.lanes import Lanes, RetryPolicy
 
 
 def exec_action(*argv: str, timeout: float = 10.0, target: str = "", **env: str) -> RunEffect:

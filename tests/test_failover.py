@@ -13,7 +13,7 @@ from threading import Thread
 
 import pytest
 
-from agent.hooks import atomic_write
+from agent.adapters.effects.web import atomic_write
 from tests.agentproc import AgentProcess, wait_until
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from immutables import Map
 
-from agent import journal as journal_mod
 from agent.core.actions import Action, Log, UnitJob
 from agent.core.inputs import ActionCompleted, GoalsLoaded, Input, Tick, UnitObserved
 from agent.core.spec import GoalSet
 from agent.core.state import ServiceState, State
 from agent.errors import JournalCorrupt, JournalError, JournalLocked
-from agent.journal import Entry, Journal, StepFn
+from agent.journal import store as journal_mod
+from agent.journal.store import Entry, Journal, StepFn
 from tests.agentproc import ROOT
 from tests.corekit import service
 
@@ -239,7 +239,7 @@ CHILD = textwrap.dedent(
     from agent.core.inputs import UnitObserved
     from agent.core.actions import UnitJob
     from agent.core.state import State
-    from agent.journal import Entry, Journal, StepFn
+    from agent.journal.store import Entry, Journal, StepFn
 
     async def main() -> None:
         j = await Journal.open(Path(sys.argv[1]), snapshot_every=7)

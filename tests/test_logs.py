@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent import logs
+from agent.interfaces import logs
 
 
 @pytest.fixture(autouse=True)

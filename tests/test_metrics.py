@@ -8,7 +8,6 @@ from dataclasses import replace
 from aiohttp.test_utils import TestClient, TestServer
 from immutables import Map
 
-from agent import httpapi
 from agent.core.actions import UnitJob
 from agent.core.inputs import (
     ActionCompleted,
@@ -20,8 +19,9 @@ from agent.core.inputs import (
 from agent.core.spec import GoalSet
 from agent.core.state import GroupState, State
 from agent.core.step import step
-from agent.metrics import Metrics
-from agent.report import status_dict, status_text
+from agent.interfaces import http as httpapi
+from agent.interfaces.metrics import Metrics
+from agent.interfaces.views import status_dict, status_text
 from tests.corekit import http_probe, routing_domain, service
 from tests.needs import tool
 
@@ -49,9 +49,7 @@ def promtool() -> str:
 def test_promtool_check_metrics_is_clean() -> None:
     metrics = Metrics(sample_state, lambda: 10.0)
     metrics.observe_probe(ProbeResult("hz", True, 0.02, 3.0))
-    metrics.observe_completion(
-        UnitJob(1, "web.service", "start", "web"), ActionCompleted(1, True, 4)
-    )
+    metrics.completed(UnitJob(1, "web.service", "start", "web"), ActionCompleted(1, True, 4))
     metrics.commit.observe(0.003)
     metrics.watch_link("systemd", lambda: True)
     text = metrics.render()

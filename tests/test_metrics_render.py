@@ -11,7 +11,7 @@ from agent.core.inputs import GoalsLoaded, ProbeResult, UnitObserved
 from agent.core.spec import GoalSet, ProbeSpec, ServiceSpec
 from agent.core.state import State
 from agent.core.step import step
-from agent.metrics import Metrics, _label
+from agent.interfaces.metrics import Metrics, _label
 from tests.test_metrics import promtool, sample_state
 
 

@@ -8,14 +8,14 @@ from collections.abc import Callable
 
 import pytest
 
+from agent.adapters.mqtt.config import MqttConfig
+from agent.adapters.mqtt.link import MqttLink
 from agent.core.actions import RunEffect
 from agent.core.inputs import GoalsLoaded
 from agent.core.spec import Effect, GoalSet
 from agent.core.state import State
 from agent.core.step import step
 from agent.errors import PermanentError, TransientError
-from agent.mqtt import MqttLink
-from agent.mqtt_config import MqttConfig
 from tests.agentproc import free_port
 from tests.brokers import Mosquitto, Watcher
 from tests.corekit import service

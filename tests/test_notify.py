@@ -18,7 +18,7 @@ from agent.core.inputs import ActionCompleted, GoalsLoaded, UnitObserved
 from agent.core.spec import GoalSet, ServiceSpec
 from agent.core.state import State
 from agent.core.step import step
-from agent.notify import Notifier, status_line, watchdog_interval
+from agent.interfaces.sd_notify import Notifier, status_line, watchdog_interval
 from tests.agentproc import AgentProcess, wait_until
 from tests.corekit import routing_domain
 

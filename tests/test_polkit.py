@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.adapters.systemd.polkit import ACTION, managed_units, rule
 from agent.core.spec import DomainSpec, Effect, FailoverGroup, GoalSet, ServiceSpec, Transition
-from agent.polkit import ACTION, managed_units, rule
 from tests.agentproc import ROOT, cli
 from tests.needs import unavailable
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
+from agent.adapters.probes import Prober, check
 from agent.core.inputs import Input, ProbeResult
 from agent.core.spec import ProbeSpec
-from agent.probes import Prober, check
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from agent.metrics import Metrics
+from agent.interfaces.metrics import Metrics
 from tests.test_metrics import promtool, sample_state
 
 DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from agent import codec
 from agent.core.actions import RunEffect, TrackedAction, UnitJob, is_tracked
 from agent.core.inputs import (
     ActionCompleted,
@@ -29,6 +28,7 @@ from agent.core.inputs import (
 from agent.core.spec import AlertSink, DomainSpec, Effect, GoalSet, StateVar, Transition
 from agent.core.state import State
 from agent.core.step import restore, step
+from agent.journal import codec
 from tests.corekit import http_probe, policy, routing_domain, service
 
 STEPS = int(os.environ.get("SETPOINT_SIM_STEPS", "10000"))

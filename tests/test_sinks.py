@@ -16,7 +16,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from agent import mqtt_config
+from agent.adapters.alerts.sinks import Sinks, alertmanager_body, rfc3339, sign
+from agent.adapters.mqtt import config as mqtt_config
+from agent.adapters.mqtt.commands import CommandPolicy, authorise, reply
+from agent.adapters.mqtt.projection import Projection
 from agent.core.actions import Alert, RunEffect, SendAlert
 from agent.core.alerts import effect_alert
 from agent.core.inputs import GoalsLoaded, UnitObserved
@@ -24,9 +27,6 @@ from agent.core.spec import AlertSink, Effect, GoalSet
 from agent.core.state import State
 from agent.core.step import step
 from agent.errors import PermanentError, TransientError
-from agent.mqtt_commands import CommandPolicy, authorise, reply
-from agent.mqtt_state import Projection
-from agent.sinks import Sinks, alertmanager_body, rfc3339, sign
 from tests.agentproc import free_port
 from tests.corekit import service
 

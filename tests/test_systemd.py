@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from agent.adapters.systemd.bus import SystemdAdapter, unit_path
 from agent.core.inputs import Input, UnitObserved
 from agent.errors import PermanentError, TransientError
-from agent.systemd import SystemdAdapter, unit_path
 from tests.sysmgr import SystemdUser, alive, running_manager
 
 SLEEPER = "[Service]\nExecStart=/bin/sleep infinity\n"
@@ -419,3 +419,21 @@ async def test_cancelling_run_disconnects(systemd_user: SystemdUser) -> None:
     assert not ad.connected
     await until(lambda: not bus.connected, timeout=5)
     assert await asyncio.wait_for(bus.wait_for_disconnect(), 1) is None  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("org.freedesktop.DBus.Error.InteractiveAuthorizationRequired", "NotPermitted"),
+        ("org.freedesktop.DBus.Error.AccessDenied", "NotPermitted"),
+        ("org.freedesktop.systemd1.NoSuchUnit", "PermanentError"),
+        ("org.freedesktop.DBus.Error.NoReply", "TransientError"),
+    ],
+)
+def test_dbus_refusals_are_not_permitted_other_errors_keep_their_class(
+    name: str, kind: str
+) -> None:
+    from agent.adapters.systemd.bus import _convert, _ReplyError
+
+    err = _convert(_ReplyError(name, "nope"), "start web.service")
+    assert type(err).__name__ == kind and str(err) == f"start web.service: nope ({name})"

@@ -1,4 +1,4 @@
-"""The pure core: goals model, state, inputs, actions and `step` (see step.py)."""
+"""Core: The pure core: goals model, state, inputs, actions and `step` (see step.py)."""
 
 LOGIC = 3
 """Version of the decision logic. Bump it whenever `step` decides differently for some state and

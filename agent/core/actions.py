@@ -1,4 +1,4 @@
-"""Actions `step` returns. Tracked ones live in the state until their result comes back."""
+"""Core: Actions `step` returns. Tracked ones live in the state until their result comes back."""
 
 from __future__ import annotations
 

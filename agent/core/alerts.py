@@ -1,4 +1,4 @@
-"""Built-in alert rules (seed 000 and the agent's own) and their delivery bookkeeping. Pure.
+"""Core: Built-in alert rules (seed 000 and the agent's own) and their delivery bookkeeping. Pure.
 
 An alert is identified by its fingerprint (name + subject). Each configured sink receives every
 change (firing, resolved) as a tracked SendAlert; a failed delivery is retried later, so a sink

@@ -1,4 +1,5 @@
-"""Seed 001's domains: rest while the goal holds; when it breaks, fire every enabled transition.
+"""Core: Seed 001's domains: rest while the goal holds; when it breaks, fire every enabled
+transition.
 
 A transition's effects run as independent tracked actions; its assignments apply only once all
 of them succeeded, so a domain never sits half-way. A failed effect makes its transition wait

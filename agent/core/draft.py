@@ -1,4 +1,4 @@
-"""A step's scratchpad: persistent maps reassigned in place, folded back into a new State."""
+"""Core: A step's scratchpad: persistent maps reassigned in place, folded back into a new State."""
 
 from __future__ import annotations
 

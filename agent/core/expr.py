@@ -1,4 +1,4 @@
-"""CEL for goal predicates, guards and bindings: compiled once per text, evaluated purely.
+"""Core: CEL for goal predicates, guards and bindings: compiled once per text, evaluated purely.
 
 The goal layer calls `compile_expr` at load time to type-check; the core calls `evaluate`.
 Facts visible to every expression: `services` and `probes` (maps of name to attributes),

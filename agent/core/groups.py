@@ -1,4 +1,4 @@
-"""Seed 002's proactive failover: the route follows the best member, with hysteresis. Pure.
+"""Core: Seed 002's proactive failover: the route follows the best member, with hysteresis. Pure.
 
 A member is *good* when all its probes are healthy and within their latency budget, *degraded*
 when healthy but slow, *down* otherwise. The route goes to the preferred (first) member when it

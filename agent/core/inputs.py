@@ -1,4 +1,4 @@
-"""Inputs to `step`. Every input carries the time it happened; the core reads no clock."""
+"""Core: Inputs to `step`. Every input carries the time it happened; the core reads no clock."""
 
 from __future__ import annotations
 

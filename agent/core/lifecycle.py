@@ -1,4 +1,4 @@
-"""Seed 000's service lifecycle, derived from systemd's view plus health. Pure."""
+"""Core: Seed 000's service lifecycle, derived from systemd's view plus health. Pure."""
 
 from __future__ import annotations
 

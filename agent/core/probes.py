@@ -1,4 +1,4 @@
-"""Probe results: streaks that add up to health, with a start period. Pure."""
+"""Core: Probe results: streaks that add up to health, with a start period. Pure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Services: lifecycle bookkeeping and the restart policy. Pure."""
+"""Core: Services: lifecycle bookkeeping and the restart policy. Pure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The validated goal model the core works on: frozen, plain data, no I/O.
+"""Core: The validated goal model the core works on: frozen, plain data, no I/O.
 
 `agent.goals` builds a `GoalSet` from YAML; the core never sees YAML or pydantic.
 Durations are seconds (float). Names are unique within their kind.

@@ -1,4 +1,4 @@
-"""The agent's state: frozen dataclasses over persistent maps; steps copy only what changes."""
+"""Core: the agent's state: frozen dataclasses over persistent maps; steps copy what changes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The state-transition function and restore. Pure: same state + same input = same output.
+"""Core: The state-transition function and restore. Pure: same state + same input = same output.
 
     step(state, input) -> (state', actions)     never raises on odd input; it logs instead
     restore(state)     -> pending tracked actions, to re-emit after a crash

@@ -1,4 +1,4 @@
-"""The goal-file edge: YAML in, the core's frozen GoalSet out (or every problem, located)."""
+"""Goals: The goal-file edge: YAML in, the core's frozen GoalSet out (or every problem, located)."""
 
 from agent.goals.loader import load_goals
 from agent.goals.schema import goals_schema

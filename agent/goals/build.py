@@ -1,4 +1,5 @@
-"""Build the core's frozen GoalSet from merged, checked models; sorted by name, with a digest."""
+"""Goals: Build the core's frozen GoalSet from merged, checked models; sorted by name, with a
+digest."""
 
 from __future__ import annotations
 

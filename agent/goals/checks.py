@@ -1,4 +1,4 @@
-"""Cross-file checks: every name referenced exists, and services do not depend in a circle.
+"""Goals: Cross-file checks: every name referenced exists, and services do not depend in a circle.
 
 Checks yield problems lazily so the loader can stop after enough of them (hints cost time).
 """

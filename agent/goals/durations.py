@@ -1,4 +1,4 @@
-"""Durations in goal files: `500ms`, `5s`, `10m`, `1h`, `2d`, `1m30s`, or plain seconds."""
+"""Goals: Durations in goal files: `500ms`, `5s`, `10m`, `1h`, `2d`, `1m30s`, or plain seconds."""
 
 from __future__ import annotations
 

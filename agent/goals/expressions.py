@@ -1,4 +1,5 @@
-"""Domain checks: typed variables, CEL goals/guards/bindings compiled, assignments type-checked.
+"""Goals: Domain checks: typed variables, CEL goals/guards/bindings compiled, assignments
+type-checked.
 
 CEL errors carry a position inside the expression; it is mapped back into the goal file.
 """

@@ -1,4 +1,4 @@
-"""`load_goals`: files and directories in, one validated GoalSet out, or every problem found.
+"""Goals: `load_goals`: files and directories in, one validated GoalSet out, or every problem found.
 
 Checking runs in two phases. First each file on its own: reading, YAML, apiVersion, schema.
 If any file fails there, its problems are reported and cross-file checks are skipped (they would

@@ -1,4 +1,4 @@
-"""Validated files merged into one namespace per kind; a name defined twice is a problem."""
+"""Goals: Validated files merged into one namespace per kind; a name defined twice is a problem."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The goal-file schema as pydantic models: strict types, unknown keys forbidden.
+"""Goals: The goal-file schema as pydantic models: strict types, unknown keys forbidden.
 
 Optional fields are None when absent; the builder then takes the defaults from the core's
 dataclasses, so each default lives in one place (agent/core/spec.py).

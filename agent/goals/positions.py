@@ -1,4 +1,4 @@
-"""Map a position inside a scalar's value (a CEL expression) back to its file position.
+"""Goals: Map a position inside a scalar's value (a CEL expression) back to its file position.
 
 A scalar's value is rebuilt from its source lines: plain and quoted scalars fold lines into
 spaces, `|` keeps them, `>` folds them. We lay the source lines over the value, each as far as

@@ -1,4 +1,5 @@
-"""Turn pydantic's validation errors into `file:line:col: message` problems at the right node."""
+"""Goals: Turn pydantic's validation errors into `file:line:col: message` problems at the right
+node."""
 
 from __future__ import annotations
 

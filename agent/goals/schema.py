@@ -1,4 +1,4 @@
-"""The JSON Schema of goal files, for editors (`setpoint schema`)."""
+"""Goals: The JSON Schema of goal files, for editors (`setpoint schema`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bounded YAML: safe_load-level constructs only, every value and key with its position.
+"""Goals: Bounded YAML: safe_load-level constructs only, every value and key with its position.
 
 Hostile input is cut off early: a size cap per file, a nesting depth cap, a cap on composed
 nodes, and a cap on the nodes aliases expand to (so a "billion laughs" file costs as much as

@@ -1,0 +1,1 @@
+"""Adapters / alerts: delivering alerts to Alertmanager, webhooks, MQTT and the log."""

@@ -1,0 +1,1 @@
+"""Adapters / effects: what domain and route transitions do (exec, HTTP, file)."""

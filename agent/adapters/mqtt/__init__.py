@@ -1,0 +1,1 @@
+"""Adapters / MQTT: the broker link, the state projection, commands and their options."""

@@ -1,0 +1,311 @@
+"""App: the composition root of `setpoint run`: journal, runtime, lanes, adapters, interfaces.
+
+Every background task is named and lives in one TaskGroup: if one dies, the agent exits
+non-zero (systemd restarts it and `restore` picks up the pending work). SIGTERM/SIGINT stop
+intake, let in-flight effects finish up to a timeout, commit, snapshot and exit 0. SIGHUP
+reloads the goals; invalid goals are reported and the last good ones stay in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from aiohttp import web
+
+from agent.adapters.alerts.sinks import Sinks
+from agent.adapters.effects.exec import run_exec
+from agent.adapters.effects.web import Webhook, write_file
+from agent.adapters.mqtt.config import MqttConfig
+from agent.adapters.mqtt.link import MqttLink, no_broker
+from agent.adapters.probes import Prober
+from agent.adapters.systemd.bus import SystemdAdapter
+from agent.core.actions import JobOp, RunEffect, TrackedAction, UnitJob
+from agent.core.inputs import GoalsLoaded, GoalsRejected, Input, ProbeResult, Tick
+from agent.core.spec import GoalSet
+from agent.core.state import State
+from agent.errors import ConfigError, PermanentError
+from agent.goals import load_goals
+from agent.interfaces import control
+from agent.interfaces import http as httpapi
+from agent.interfaces.metrics import Metrics
+from agent.interfaces.sd_notify import Notifier, status_line
+from agent.journal.store import Journal
+from agent.runtime.lanes import RetryPolicy
+from agent.runtime.loop import Runtime
+
+log = logging.getLogger("setpoint")
+ALERT_RETRY = RetryPolicy(attempts=5, initial=0.5, maximum=8.0, deadline=30.0)
+"""A sink still down after this is reported failed; the core sends again 30 s later."""
+MQTT_RETRY = RetryPolicy(attempts=5, initial=0.5, maximum=8.0, deadline=30.0)
+
+
+@dataclass
+class Outputs:
+    """What `wire` set up; the daemon runs `mqtt.run` and closes `sinks` at the end."""
+
+    sinks: Sinks
+    mqtt: MqttLink | None
+
+
+def wire_outputs(
+    rt: Runtime,
+    mqtt: MqttConfig | None,
+    hostname: str = "",
+    *,
+    http_port: int = 9477,
+    clock: Callable[[], float] = time.time,
+) -> Outputs:
+    """Register the `alert:*`, `alert` and `mqtt` lanes; feed committed state to MQTT.
+
+    `hostname` (default: the machine's) names the host in topics and alert labels.
+    """
+    hostname = hostname or socket.gethostname()
+    generator_url = f"http://{hostname}:{http_port}/api/v1/status"
+    link = None
+    if mqtt is not None:
+        link = MqttLink(
+            mqtt,
+            hostname,
+            submit=rt.submit,
+            services=lambda: set(rt.state.services.keys()),
+            clock=clock,
+        )
+        rt.on_commit.append(link.on_commit)
+        link.on_commit(rt.state)
+    sinks = Sinks(
+        lambda: rt.state.goals.sinks, hostname, mqtt=link, generator_url=generator_url, clock=clock
+    )
+    rt.lanes.register("alert:", sinks.send, ALERT_RETRY)
+    rt.lanes.register("alert", sinks.effect, ALERT_RETRY)
+    rt.lanes.register("mqtt", link.effect if link is not None else no_broker, MQTT_RETRY)
+    return Outputs(sinks, link)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `setpoint run` was asked to do."""
+
+    goals: tuple[Path, ...]
+    state_dir: Path
+    bus: Literal["system", "user", "none"] = "system"
+    tick: float = 1.0
+    shutdown_timeout: float = 30.0
+    resync_interval: float = 60.0
+    job_timeout: float = 90.0
+    http_host: str = "127.0.0.1"
+    http_port: int = 9477
+    mqtt: MqttConfig | None = None
+    hostname: str = ""
+
+
+class Daemon:
+    """One running agent."""
+
+    def __init__(self, opts: Options, clock: Callable[[], float] = time.time) -> None:
+        self.opts = opts
+        self.clock = clock
+        self.runtime: Runtime | None = None
+        self.systemd: SystemdAdapter | None = None
+        self.prober: Prober | None = None
+        self.metrics: Metrics | None = None
+        self.webhook = Webhook()
+        self.outputs: Outputs | None = None
+        self.notifier = Notifier.from_env()
+        self._stop = asyncio.Event()
+        self._resync = asyncio.Event()
+        self._reload = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Begin an orderly shutdown."""
+        self._stop.set()
+
+    async def serve(self) -> int:
+        """Run until stopped; the exit status."""
+        goals = await self._read_goals()
+        journal = await Journal.open(self.opts.state_dir)
+        try:
+            state, _ = await journal.load()
+            self.metrics = Metrics(lambda: self._state(state), self.clock)
+            rt = self.runtime = Runtime(
+                journal, state, clock=self.clock, on_resync=self._resync.set, metrics=self.metrics
+            )
+            self._wire_lanes(rt)
+            self._install_signals()
+            self._load(rt, goals)
+            pending = rt.restore()
+            runner = await self._serve_http(rt)
+            commands = control.app(rt.submit, lambda: set(rt.state.services.keys()), self.clock)
+            control_runner = await control.serve(commands, self.opts.state_dir)
+            log.info("started: %d pending actions restored", pending)
+            try:
+                await self._supervise(rt)
+            finally:
+                await control_runner.cleanup()
+                await runner.cleanup()
+            await self._shutdown(rt, journal)
+        finally:
+            await journal.close()
+        return 0
+
+    async def _read_goals(self) -> GoalSet:
+        """The goal files, checked against what this agent can do (MQTT needs a broker)."""
+        return await asyncio.to_thread(
+            load_goals, self.opts.goals, broker=self.opts.mqtt is not None
+        )
+
+    def _state(self, initial: State) -> State:
+        return self.runtime.state if self.runtime is not None else initial
+
+    async def _serve_http(self, rt: Runtime) -> web.AppRunner:
+        assert self.metrics is not None
+        api = httpapi.app(self.metrics, lambda: rt.state, rt.alive, self.clock)
+        runner = await httpapi.serve(api, self.opts.http_host, self.opts.http_port)
+        log.info("metrics on http://%s:%d/metrics", self.opts.http_host, self.opts.http_port)
+        return runner
+
+    def _wire_lanes(self, rt: Runtime) -> None:
+        metrics = self.metrics
+        assert metrics is not None
+
+        def probe_result(inp: Input) -> None:
+            if isinstance(inp, ProbeResult):
+                metrics.observe_probe(inp)
+            rt.submit(inp)
+
+        self.prober = Prober(probe_result, clock=self.clock)
+        rt.lanes.register("exec", run_exec, RetryPolicy(attempts=3))
+        rt.lanes.register("file", write_file, RetryPolicy(attempts=3))
+        rt.lanes.register("http", self.webhook, RetryPolicy(attempts=4))
+        self.outputs = wire_outputs(
+            rt, self.opts.mqtt, self.opts.hostname, http_port=self.opts.http_port, clock=self.clock
+        )
+        if (link := self.outputs.mqtt) is not None:
+            metrics.watch_link("mqtt", lambda: link.connected)
+        if self.opts.bus == "none":
+            return
+        self.systemd = SystemdAdapter(
+            bus=self.opts.bus,
+            on_input=rt.submit,
+            clock=self.clock,
+            resync_interval=self.opts.resync_interval,
+        )
+        adapter, timeout = self.systemd, self.opts.job_timeout
+        metrics.watch_link("systemd", lambda: adapter.connected)
+
+        async def unit_job(action: TrackedAction) -> str:
+            if isinstance(action, UnitJob):
+                return await adapter.run_job(action.unit, action.op, timeout)
+            if isinstance(action, RunEffect) and action.effect.operation != "":
+                op: JobOp = action.effect.operation
+                return await adapter.run_job(action.effect.unit, op, timeout)
+            raise PermanentError(f"action {action.id} is not a unit job")
+
+        rt.lanes.register("systemd", unit_job, RetryPolicy(attempts=3, initial=0.2))
+
+    def _load(self, rt: Runtime, goals: GoalSet) -> None:
+        rt.submit(GoalsLoaded(goals, self.clock()))
+        if self.metrics is not None:
+            self.metrics.observe_reload(True, self.clock())
+        if self.prober is not None:
+            self.prober.configure(goals.probes)
+        if self.systemd is not None:
+            self.systemd.watch(s.unit for s in goals.services)
+        self._resync.set()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+
+    async def reload(self) -> bool:
+        """Validate the goal files again; switch to them only when they are valid."""
+        try:
+            goals = await self._read_goals()
+        except ConfigError as err:
+            for problem in err.problems:
+                log.error("reload rejected, keeping the last good goals: %s", problem)
+            if self.metrics is not None:
+                self.metrics.observe_reload(False, self.clock())
+            if self.runtime is not None:
+                problems = tuple(str(p) for p in err.problems)
+                self.runtime.submit(GoalsRejected(problems, self.clock()))
+            return False
+        if self.runtime is not None:
+            self._load(self.runtime, goals)
+        log.info("goals reloaded (%s)", goals.digest[:12])
+        return True
+
+    async def _supervise(self, rt: Runtime) -> None:
+        async with asyncio.TaskGroup() as tg:
+            main = tg.create_task(rt.run(), name="runtime")
+            helpers = [
+                tg.create_task(self._ticker(rt), name="ticker"),
+                tg.create_task(self._reloader(), name="reload"),
+            ]
+            if self.prober is not None:
+                helpers.append(tg.create_task(self.prober.run(), name="probes"))
+            if self.systemd is not None:
+                helpers.append(tg.create_task(self.systemd.run(), name="systemd"))
+                helpers.append(tg.create_task(self._resyncer(), name="resync"))
+            helpers.append(tg.create_task(self._notify(rt), name="sd-notify"))
+            if self.outputs is not None and self.outputs.mqtt is not None:
+                tg.create_task(self.outputs.mqtt.run(self._stop), name="mqtt")
+            tg.create_task(self._stopper(rt, helpers), name="stopper")
+            await main
+
+    async def _stopper(self, rt: Runtime, helpers: list[asyncio.Task[None]]) -> None:
+        await self._stop.wait()
+        log.info("stopping: no new inputs; finishing in-flight effects")
+        self.notifier.stopping()
+        for task in helpers:
+            task.cancel()
+        rt.stop()
+
+    async def _ticker(self, rt: Runtime) -> None:
+        while True:
+            await asyncio.sleep(self.opts.tick)
+            rt.submit(Tick(self.clock()))
+
+    async def _reloader(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            self.notifier.reloading()
+            await self.reload()
+            self.notifier.reloaded(status_line(self.runtime.state) if self.runtime else "")
+
+    async def _notify(self, rt: Runtime) -> None:
+        """sd_notify: READY=1 after the first full resync, then STATUS= and watchdog pings."""
+        ready = self.systemd.wait_ready if self.systemd is not None else None
+        await self.notifier.serve(ready, lambda: status_line(rt.state), rt.alive)
+
+    async def _resyncer(self) -> None:
+        assert self.systemd is not None
+        while True:
+            await self._resync.wait()
+            self._resync.clear()
+            await self.systemd.resync()
+
+    async def _shutdown(self, rt: Runtime, journal: Journal) -> None:
+        finished = await rt.settle(self.opts.shutdown_timeout)
+        if not finished:
+            log.warning(
+                "%d effects still running; they stay pending for the next start", rt.lanes.busy
+            )
+            await rt.lanes.cancel()
+        if self.systemd is not None:
+            await self.systemd.close()
+        await self.webhook.close()
+        if self.outputs is not None:
+            await self.outputs.sinks.close()
+        await journal.snapshot(rt.state)
+        log.info("stopped cleanly; %d actions pending", len(rt.state.pending))

@@ -1,0 +1,373 @@
+"""CLI: the `setpoint` command.
+
+Exit status: 0 fine, 1 runtime error, 2 bad usage or invalid goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from agent import __version__
+from agent.adapters.mqtt import config as mqtt_config
+from agent.adapters.systemd.bus import SystemdAdapter
+from agent.core.actions import TrackedAction, is_tracked
+from agent.core.inputs import GoalsLoaded, Input, Tick
+from agent.core.state import State
+from agent.core.step import step
+from agent.errors import ConfigError, JournalError, SetpointError
+from agent.goals import goals_schema, load_goals
+from agent.goals.durations import parse_duration
+from agent.interfaces import control, logs
+from agent.interfaces.views import describe, status_dict, status_text
+from agent.journal.store import Journal
+
+DEFAULT_GOALS = Path("/etc/setpoint/goals.d")
+DEFAULT_STATE = Path("/var/lib/setpoint")
+
+
+def _parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="setpoint", description=__doc__)
+    top.add_argument("--version", action="version", version=f"setpoint {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent")
+    _goals_arg(run)
+    _state_arg(run)
+    run.add_argument("--bus", choices=["system", "user", "none"], default="system")
+    run.add_argument("--tick", type=_seconds, default=1.0, help="timer resolution (default 1s)")
+    run.add_argument("--shutdown-timeout", type=_seconds, default=30.0)
+    run.add_argument(
+        "--listen",
+        type=_address,
+        default=("127.0.0.1", 9477),
+        metavar="HOST:PORT",
+        help="metrics, /healthz and /api/v1/status (default 127.0.0.1:9477)",
+    )
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    run.add_argument("--log-format", choices=["auto", "text", "journald", "json"], default="auto")
+    mqtt_config.add_arguments(run)
+
+    val = sub.add_parser("validate", help="check goal files; exit 2 when invalid")
+    val.add_argument("paths", nargs="+", type=Path, metavar="FILE|DIR")
+
+    plan = sub.add_parser("plan", help="what the agent would do now; nothing is executed")
+    _goals_arg(plan)
+    _state_arg(plan)
+    plan.add_argument(
+        "--bus",
+        choices=["system", "user", "none"],
+        default="system",
+        help="where to observe the units now (none: use what the journal last saw)",
+    )
+
+    status = sub.add_parser("status", help="current state from the journal")
+    _state_arg(status)
+    status.add_argument("--json", action="store_true")
+
+    hist = sub.add_parser("history", help="inputs and actions from the journal, newest first")
+    _state_arg(hist)
+    hist.add_argument("--service", help="only entries about this service, unit, probe or domain")
+    hist.add_argument("--since", type=_when, help="e.g. 10m (ago), a UNIX time or ISO 8601")
+    hist.add_argument("--until", type=_when)
+    hist.add_argument("--limit", type=_positive, default=50)
+    hist.add_argument("--json", action="store_true")
+
+    sub.add_parser("schema", help="JSON Schema of the goal files")
+
+    rule = sub.add_parser("polkit-rule", help="the polkit rule for the units the goals manage")
+    _goals_arg(rule)
+    rule.add_argument("--user", default="setpoint", help="the agent's user (default setpoint)")
+    rule.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+
+    maint = sub.add_parser("maintenance", help="observe only, never act (whole agent or a service)")
+    maint.add_argument("mode", choices=["on", "off"])
+    maint.add_argument("service", nargs="?", default="")
+    _state_arg(maint)
+    reset = sub.add_parser("reset", help="clear a service's give-up and restart counters")
+    reset.add_argument("service", nargs="?", default="")
+    _state_arg(reset)
+    resync = sub.add_parser("resync", help="ask the agent for a full resync with systemd")
+    _state_arg(resync)
+
+    journal = sub.add_parser("journal", help="journal maintenance")
+    jsub = journal.add_subparsers(dest="journal_command", required=True, metavar="ACTION")
+    verify = jsub.add_parser("verify", help="replay the journal and compare every recorded state")
+    _state_arg(verify)
+    return top
+
+
+def _goals_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--goals",
+        type=Path,
+        action="append",
+        metavar="FILE|DIR",
+        help=f"goal files or directories (default {DEFAULT_GOALS})",
+    )
+
+
+def _state_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE, help=f"default {DEFAULT_STATE}")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than zero")
+    return value
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9477)")
+    return host.strip("[]"), int(port)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _when(text: str) -> float:
+    """A moment: `10m` means ten minutes ago; also a UNIX time or ISO 8601."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        pass
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: use a duration ago (10m), a UNIX time or ISO 8601"
+        ) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `setpoint` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    except SetpointError as err:
+        print(f"setpoint: {err}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:  # a supervised task of `run` failed
+        leaves = _leaves(group)
+        if not all(isinstance(leaf, SetpointError) for leaf in leaves):
+            raise
+        for leaf in leaves:
+            print(f"setpoint: {leaf}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `setpoint history | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The non-group exceptions inside a (nested) exception group."""
+    found: list[BaseException] = []
+    for err in group.exceptions:
+        found += _leaves(err) if isinstance(err, BaseExceptionGroup) else [err]
+    return found
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    match args.command:
+        case "run":
+            return _run(args)
+        case "validate":
+            return _validate(args.paths)
+        case "schema":
+            print(json.dumps(goals_schema(), indent=2))
+            return 0
+        case "polkit-rule":
+            return _polkit_rule(args)
+        case "maintenance" | "reset" | "resync":
+            return asyncio.run(_command(args))
+        case "plan":
+            return asyncio.run(_plan(args))
+        case "status":
+            return asyncio.run(_status(args))
+        case "history":
+            return asyncio.run(_history(args))
+        case _:
+            return asyncio.run(_verify(args.state_dir))
+
+
+def _goal_paths(args: argparse.Namespace) -> tuple[Path, ...]:
+    return tuple(args.goals or [DEFAULT_GOALS])
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.app import Daemon, Options  # noqa: PLC0415 - keeps `validate` quick to start
+
+    logs.setup(args.log_level, args.log_format)
+    try:
+        mqtt = mqtt_config.from_args(args)
+    except ValueError as err:
+        print(f"setpoint run: {err}", file=sys.stderr)
+        return 2
+    opts = Options(
+        goals=_goal_paths(args),
+        state_dir=args.state_dir,
+        bus=args.bus,
+        tick=args.tick,
+        shutdown_timeout=args.shutdown_timeout,
+        http_host=args.listen[0],
+        http_port=args.listen[1],
+        mqtt=mqtt,
+        hostname=args.hostname,
+    )
+    return asyncio.run(Daemon(opts).serve())
+
+
+def _validate(paths: Sequence[Path]) -> int:
+    try:
+        goals = load_goals(paths)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        count = len(err.problems)
+        print(f"{count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        return 2
+    print(
+        f"ok: {len(goals.services)} services, {len(goals.probes)} probes, "
+        f"{len(goals.domains)} domains, {len(goals.groups)} groups, {len(goals.sinks)} sinks"
+    )
+    return 0
+
+
+def _polkit_rule(args: argparse.Namespace) -> int:
+    from agent.adapters.systemd import polkit  # noqa: PLC0415
+
+    paths = _goal_paths(args)
+    text = polkit.rule(
+        polkit.managed_units(load_goals(paths)), args.user, ", ".join(map(str, paths))
+    )
+    if args.output is None:
+        print(text, end="")
+    else:
+        args.output.write_text(text)
+    return 0
+
+
+async def _command(args: argparse.Namespace) -> int:
+    name = f"maintenance_{args.mode}" if args.command == "maintenance" else args.command
+    reply = await control.send(args.state_dir, name, getattr(args, "service", ""))
+    print(f"accepted: {reply['accepted']} {reply.get('service', '')}".rstrip())
+    return 0
+
+
+async def _load_state(state_dir: Path) -> State:
+    path = state_dir / "journal.db"
+    try:
+        if not path.exists():
+            return State()
+    except OSError as err:
+        raise JournalError(f"{path}: {err.strerror}") from None
+    journal = await Journal.open(state_dir, readonly=True)
+    try:
+        state, _ = await journal.load()
+    finally:
+        await journal.close()
+    return state
+
+
+async def _plan(args: argparse.Namespace) -> int:
+    goals = load_goals(_goal_paths(args))
+    state = await _load_state(args.state_dir)
+    now = time.time()
+    inputs: list[Input] = [GoalsLoaded(goals, now)]
+    if args.bus != "none":
+        inputs += await _observe(args.bus, [s.unit for s in goals.services])
+    in_flight = len(state.pending)
+    planned: list[TrackedAction] = []
+    for inp in (*inputs, Tick(now)):
+        state, out = step(state, inp)
+        planned += [a for a in out if is_tracked(a)]
+    if in_flight:
+        print(f"note: {in_flight} actions already pending in the journal (see `setpoint status`)")
+    for name, svc in sorted(state.services.items()):
+        if svc.load in ("not-found", "masked"):
+            print(f"problem: service {name}: unit {state.index.services[name].unit} is {svc.load}")
+        elif svc.active == "unknown":
+            print(f"note: service {name}: not observed; nothing planned for it")
+    unseen = any(s.active == "unknown" for s in state.services.values())
+    idle = "nothing planned for what was observed" if unseen else "nothing to do: every goal holds"
+    print("\n".join(describe(a) for a in planned) or idle)
+    return 0
+
+
+async def _observe(bus: Literal["system", "user"], units: list[str]) -> list[Input]:
+    """One resync of `units` from systemd; [] (with a note) when the bus is unreachable."""
+    seen: list[Input] = []
+    adapter = SystemdAdapter(seen.append, bus=bus)
+    adapter.watch(units)
+    task = asyncio.create_task(adapter.run(), name="plan-observe")
+    try:
+        async with asyncio.timeout(3):
+            await adapter.wait_ready()
+    except TimeoutError:
+        print(f"note: systemd ({bus} bus) not reachable; planning from journaled observations")
+    finally:
+        await adapter.close()
+        await task
+    return seen
+
+
+async def _status(args: argparse.Namespace) -> int:
+    state = await _load_state(args.state_dir)
+    if args.json:
+        print(json.dumps(status_dict(state, time.time()), indent=2))
+    else:
+        print(status_text(state, time.time()))
+    return 0
+
+
+async def _history(args: argparse.Namespace) -> int:
+    journal = await Journal.open(args.state_dir, readonly=True)
+    try:
+        rows = await journal.history(
+            subject=args.service, since=args.since, until=args.until, limit=args.limit
+        )
+    finally:
+        await journal.close()
+    for row in rows:
+        print(json.dumps(row.as_dict()) if args.json else str(row))
+    return 0
+
+
+async def _verify(state_dir: Path) -> int:
+    journal = await Journal.open(state_dir, readonly=True)
+    try:
+        problems = await journal.verify()
+    finally:
+        await journal.close()
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"journal verify: {len(problems)} mismatches", file=sys.stderr)
+        return 1
+    print("journal verified: replay matches every recorded state")
+    return 0

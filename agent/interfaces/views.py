@@ -1,0 +1,121 @@
+"""Interfaces: Human and JSON views of the state, for `setpoint status`, `plan` and the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.core.actions import Action, RunEffect, SendAlert, TrackedAction, UnitJob
+from agent.core.state import AlertState, State
+
+
+def describe(action: Action) -> str:
+    """One line saying what an action does."""
+    if isinstance(action, UnitJob):
+        return f"#{action.id} systemd {action.op} {action.unit} (service {action.service})"
+    if isinstance(action, RunEffect):
+        what = " ".join(action.effect.argv) or action.effect.summary or action.effect.kind
+        target = f" -> {action.target}" if action.target else ""
+        return f"#{action.id} {action.effect.kind} [{action.owner} {action.reason}] {what}{target}"
+    if isinstance(action, SendAlert):
+        state = "firing" if action.alert.firing else "resolved"
+        return f"#{action.id} alert {action.alert.name} {state} to {action.sink}"
+    return repr(action)
+
+
+def status_dict(state: State, now: float) -> dict[str, Any]:
+    """The state as plain JSON-ready data."""
+    return {
+        "maintenance": state.maintenance,
+        "goals_digest": state.goals.digest,
+        "services": {
+            name: {
+                "lifecycle": svc.lifecycle,
+                "for_seconds": round(max(0.0, now - svc.since), 3),
+                "active": svc.active,
+                "sub": svc.sub,
+                "health": svc.health,
+                "reason": svc.reason,
+                "restarts": svc.restarts_total,
+                "transitions": svc.transitions,
+                "gave_up": svc.gave_up,
+                "maintenance": svc.maintenance,
+                "job": svc.job,
+            }
+            for name, svc in sorted(state.services.items())
+        },
+        "domains": {
+            name: {
+                "satisfied": dom.satisfied,
+                "values": dict(sorted(dom.values.items())),
+                "in_flight": sorted(dom.in_flight.keys()),
+                "error": dom.error,
+            }
+            for name, dom in sorted(state.domains.items())
+        },
+        "groups": {
+            name: {"route": g.route, "applied": g.applied, "switches": g.switches}
+            for name, g in sorted(state.groups.items())
+        },
+        "alerts": [
+            {
+                "name": a.alert.name,
+                "subject": a.alert.subject,
+                "severity": a.alert.severity,
+                "summary": a.alert.summary,
+                "for_seconds": round(max(0.0, now - a.alert.starts_at), 3),
+            }
+            for a in firing(state)
+        ],
+        "pending": [describe(a) for a in pending(state)],
+    }
+
+
+def firing(state: State) -> list[AlertState]:
+    """Firing alerts, oldest first."""
+    alerts = (a for a in state.alerts.values() if a.alert.firing)
+    return sorted(alerts, key=lambda a: (a.alert.starts_at, a.alert.fingerprint))
+
+
+def pending(state: State) -> list[TrackedAction]:
+    """Pending tracked actions in id order."""
+    return [state.pending[i] for i in sorted(state.pending.keys())]
+
+
+def status_text(state: State, now: float) -> str:
+    """A compact table for terminals."""
+    lines = ["maintenance mode: ON" if state.maintenance else "maintenance mode: off", ""]
+    lines.append(f"{'SERVICE':<24} {'STATE':<11} {'FOR':>8} {'ACTIVE':<20} {'HEALTH':<9} RESTARTS")
+    for name, svc in sorted(state.services.items()):
+        active = f"{svc.active}/{svc.sub}" if svc.sub else svc.active
+        flag = " (maintenance)" if svc.maintenance else ""
+        reason = f"  {svc.reason}" if svc.reason else ""
+        lines.append(
+            f"{name:<24} {svc.lifecycle:<11} {_age(now - svc.since):>8} {active:<20} "
+            f"{svc.health:<9} {svc.restarts_total}{flag}{reason}"
+        )
+    for name, dom in sorted(state.domains.items()):
+        values = ", ".join(f"{k}={v}" for k, v in sorted(dom.values.items()))
+        verdict = "goal holds" if dom.satisfied else "goal BROKEN"
+        busy = f"; in flight: {', '.join(sorted(dom.in_flight.keys()))}" if dom.in_flight else ""
+        lines.append(f"domain {name}: {verdict} ({values}){busy}")
+    for name, group in sorted(state.groups.items()):
+        moving = f" (switching from {group.applied})" if group.applied != group.route else ""
+        lines.append(f"group {name}: route {group.route or '-'}{moving}; {group.switches} switches")
+    alerts = firing(state)
+    lines.append(f"alerts firing: {len(alerts)}")
+    lines.extend(
+        f"  {a.alert.severity:<8} {a.alert.name} ({a.alert.subject}) "
+        f"for {_age(now - a.alert.starts_at)}: {a.alert.summary}"
+        for a in alerts
+    )
+    lines.append(f"pending actions: {len(state.pending)}")
+    lines.extend(f"  {describe(a)}" for a in pending(state))
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"

@@ -1,0 +1,1 @@
+"""Journal: the durable record of inputs, decisions and state (SQLite), and its replay."""

@@ -1,0 +1,346 @@
+"""Journal: Canonical JSON for the core's values: frozen dataclasses, tuples, `immutables.Map`,
+scalars.
+
+    encode(obj) -> bytes     compact, keys sorted: equal values of equal types, equal bytes
+    decode(data) -> value    the inverse; JSON lists come back as tuples
+    digest(obj) -> str       sha256 hex of encode(obj)
+
+A dataclass is `{"_t": "ClassName", field: value, ...}`, fields equal to their default (same
+type, same value) left out; a Map is `{"_m": [[key, value], ...]}` sorted by key. Only the
+dataclasses of agent.core.spec/inputs/actions/state can be encoded, so whatever is written can
+be read back. The output equals `json.dumps(..., sort_keys=True, separators=(",", ":"))` of the
+same structure.
+
+Core values are immutable, so the encoded text of each dataclass and Map is cached by identity
+(holding a reference, so the id cannot be reused): encoding a State that shares most of its
+structure with the previous one costs only what changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+from immutables import Map
+
+from agent.core import actions, inputs, spec, state
+from agent.errors import JournalCorrupt
+
+CORE_MODULES: tuple[ModuleType, ...] = (spec, inputs, actions, state)
+_GENERATION = 20_000
+_GENERATION_BYTES = 2 << 20
+"""Bounds on one cache generation: a young generation of whole-state texts (one per commit)
+would otherwise keep every recent state alive."""
+_BIG = 256 * 1024
+_MISSING = object()
+_esc: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+@cache
+def registry() -> dict[str, type]:
+    """Every dataclass defined in the core modules, by class name."""
+    found: dict[str, type] = {}
+    for module in CORE_MODULES:
+        for obj in vars(module).values():
+            if isinstance(obj, type) and dataclasses.is_dataclass(obj):
+                if obj.__module__ != module.__name__:
+                    continue
+                if found.setdefault(obj.__name__, obj) is not obj:
+                    raise RuntimeError(f"two core dataclasses named {obj.__name__}")
+    return found
+
+
+def encode(obj: Any) -> bytes:
+    """Canonical compact JSON of a core value."""
+    with _gc_paused(type(obj) is state.State):
+        return _enc(obj).encode("ascii")
+
+
+def decode(data: bytes | str) -> Any:
+    """The value `encode` made; JournalCorrupt if `data` is not such an encoding."""
+    try:
+        with _gc_paused(len(data) > _BIG):
+            return _tup(json.loads(data, object_hook=_hook))
+    except (ValueError, RecursionError) as err:
+        raise JournalCorrupt(f"undecodable journal value: {err}") from err
+
+
+def digest(obj: Any) -> str:
+    """sha256 hex of encode(obj)."""
+    return hashlib.sha256(encode(obj)).hexdigest()
+
+
+def plain(obj: Any) -> Any:
+    """A JSON-friendly view for people: dataclass -> dict with "type" and every field."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {"type": type(obj).__name__, **fields}
+    if isinstance(obj, tuple):
+        return [plain(v) for v in obj]
+    if isinstance(obj, Map):
+        return {str(k): plain(v) for k, v in _sorted_items(obj)}
+    return obj
+
+
+@contextmanager
+def _gc_paused(pause: bool) -> Iterator[None]:
+    """Building tens of thousands of objects triggers the cyclic GC over and over (3x slower);
+    nothing built here is cyclic, so pause it for big values."""
+    if not pause or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+# -- encoding -----------------------------------------------------------------------------------
+
+
+class _Cache:
+    """Two generations of id -> (object, text); a hit in the old one moves to the young one."""
+
+    def __init__(self) -> None:
+        self.young: dict[int, tuple[object, str]] = {}
+        self.old: dict[int, tuple[object, str]] = {}
+        self.size = 0
+
+    def get(self, obj: object) -> str | None:
+        key = id(obj)
+        hit = self.young.get(key)
+        if hit is None:
+            hit = self.old.get(key)
+            if hit is None:
+                return None
+            self.put(obj, hit[1])
+        return hit[1] if hit[0] is obj else None
+
+    def put(self, obj: object, text: str) -> None:
+        if len(self.young) >= _GENERATION or self.size >= _GENERATION_BYTES:
+            self.old, self.young, self.size = self.young, {}, 0
+        self.young[id(obj)] = (obj, text)
+        self.size += len(text)
+
+
+_cache = _Cache()
+
+
+_REQUIRED, _EXACT, _FLOAT, _DEEP = range(4)
+"""How a field is compared with its default to leave it out: never (no default); type and ==;
+type, == and sign (-0.0 == 0.0); by encoding (non-empty tuples, dataclasses: equal text is
+exactly what decoding needs to restore the default)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    name: str
+    key: str  # '"name":'
+    default: object
+    kind: int
+    text: str  # the default's encoding, for _DEEP
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """How to encode one dataclass: its head and its fields sorted by name."""
+
+    head: str
+    fields: tuple[_Field, ...]
+
+
+_PLANS: dict[type, _Plan] = {}
+
+
+def _plan(cls: type) -> _Plan:
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = _make_plan(cls)
+    return plan
+
+
+def _make_plan(cls: type) -> _Plan:
+    if registry().get(cls.__name__) is not cls:
+        raise TypeError(f"{cls.__qualname__} is not a core dataclass; the codec cannot encode it")
+    fields = []
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name):
+        default = _default(f)
+        kind = _kind(default)
+        text = _enc(default) if kind == _DEEP else ""
+        fields.append(_Field(f.name, _esc(f.name) + ":", default, kind, text))
+    return _Plan('{"_t":' + _esc(cls.__name__), tuple(fields))
+
+
+def _default(f: dataclasses.Field[Any]) -> object:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return _MISSING if f.default is dataclasses.MISSING else f.default
+
+
+def _kind(default: object) -> int:
+    if default is _MISSING:
+        return _REQUIRED
+    if type(default) is float:
+        return _FLOAT
+    if type(default) in (str, int, bool, type(None)) or default in ((), Map()):
+        return _EXACT
+    return _DEEP
+
+
+def _dataclass(obj: Any) -> str:
+    text = _cache.get(obj)
+    if text is not None:
+        return text
+    plan = _PLANS.get(type(obj)) or _plan(type(obj))
+    values = obj.__dict__
+    parts = [plan.head]
+    for f in plan.fields:
+        value = values[f.name]
+        if f.kind == _DEEP:
+            text = _enc(value)
+            if text != f.text:
+                parts.append(f.key + text)
+            continue
+        if f.kind and type(value) is type(f.default) and value == f.default and _exact(f, value):
+            continue
+        parts.append(f.key + _ENCODERS.get(type(value), _other)(value))
+    text = ",".join(parts) + "}"
+    _cache.put(obj, text)
+    return text
+
+
+def _exact(f: _Field, value: Any) -> bool:
+    """Given type and == agree: whether the value is exactly the default (0.0 is not -0.0)."""
+    return f.kind == _EXACT or bool(value) or _sign(value) == _sign(f.default)  # type: ignore[arg-type]
+
+
+def _sign(x: float) -> float:
+    return math.copysign(1.0, x)
+
+
+def _sorted_items(m: Map[Any, Any]) -> list[tuple[Any, Any]]:
+    try:
+        return sorted(m.items())  # keys are unique: values are never compared
+    except TypeError:  # mixed key types
+        return sorted(m.items(), key=lambda kv: (type(kv[0]) is str, kv[0]))
+
+
+def _map(m: Map[Any, Any]) -> str:
+    text = _cache.get(m)
+    if text is None:
+        pairs = ["[" + _enc(k) + "," + _enc(v) + "]" for k, v in _sorted_items(m)]
+        text = '{"_m":[' + ",".join(pairs) + "]}"
+        _cache.put(m, text)
+    return text
+
+
+def _float(x: float) -> str:
+    if math.isfinite(x):
+        return float.__repr__(x)
+    return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+
+
+def _tuple(t: tuple[Any, ...]) -> str:
+    return "[" + ",".join(map(_enc, t)) + "]"
+
+
+def _other(obj: Any) -> str:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        _ENCODERS[type(obj)] = _dataclass
+        return _dataclass(obj)
+    raise TypeError(f"cannot encode {type(obj).__qualname__} (not a core value)")
+
+
+_ENCODERS: dict[type, Callable[[Any], str]] = {
+    str: _esc,
+    int: int.__repr__,
+    float: _float,
+    bool: lambda b: "true" if b else "false",
+    type(None): lambda _: "null",
+    tuple: _tuple,
+    Map: _map,
+}
+
+
+def _enc(obj: Any) -> str:
+    return _ENCODERS.get(type(obj), _other)(obj)
+
+
+# -- decoding -----------------------------------------------------------------------------------
+
+
+def _tup(value: Any) -> Any:
+    return tuple(map(_tup, value)) if type(value) is list else value
+
+
+def _hook(obj: dict[str, Any]) -> Any:
+    name = obj.pop("_t", None)
+    if name is not None:
+        return _build(name, obj)
+    if obj.keys() == {"_m"}:
+        return _build_map(obj["_m"])
+    raise JournalCorrupt(f"unexpected JSON object in journal data: keys {sorted(obj)[:5]}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """How to build one dataclass from decoded fields."""
+
+    cls: type
+    defaults: dict[str, object]
+    names: frozenset[str]
+    required: frozenset[str]
+    direct: bool  # no __post_init__: fill __dict__ directly, as agent.core.draft.evolve does
+
+
+_SHAPES: dict[str, _Shape] = {}
+
+
+def _shape(name: str) -> _Shape | None:
+    shape = _SHAPES.get(name)
+    cls = registry().get(name) if shape is None else None
+    if cls is not None:
+        fields = dataclasses.fields(cls)
+        defaults = {f.name: _default(f) for f in fields}
+        shape = _SHAPES[name] = _Shape(
+            cls,
+            {k: v for k, v in defaults.items() if v is not _MISSING},
+            frozenset(defaults),
+            frozenset(k for k, v in defaults.items() if v is _MISSING),
+            not hasattr(cls, "__post_init__") and all(f.init for f in fields),
+        )
+    return shape
+
+
+def _build(name: Any, fields: dict[str, Any]) -> Any:
+    shape = _shape(name) if isinstance(name, str) else None
+    if shape is None:
+        raise JournalCorrupt(f"unknown type {name!r} in journal data (from a newer setpoint?)")
+    for key, value in fields.items():
+        if type(value) is list:
+            fields[key] = _tup(value)
+    if shape.direct and fields.keys() <= shape.names and shape.required <= fields.keys():
+        obj: Any = object.__new__(shape.cls)
+        obj.__dict__.update(shape.defaults)
+        obj.__dict__.update(fields)
+        return obj
+    try:
+        return shape.cls(**fields)
+    except TypeError as err:
+        raise JournalCorrupt(f"bad {name} in journal data: {err}") from err
+
+
+def _build_map(pairs: Any) -> Map[Any, Any]:
+    try:
+        return Map((k, _tup(v)) for k, v in pairs)
+    except (TypeError, ValueError) as err:
+        raise JournalCorrupt(f"bad map in journal data: {err}") from err

@@ -1,0 +1,1 @@
+"""Runtime: the dumb loop (step, commit, dispatch) and the effect lanes."""

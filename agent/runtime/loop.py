@@ -1,0 +1,227 @@
+"""Runtime: The runtime: a dumb loop. Take inputs in order, step, commit, then dispatch.
+
+Inputs that arrive together are stepped as one batch and committed in one transaction
+(group commit: one fsync per batch). No effect starts before the batch that created it is
+durable. On start, `restore(state)` re-emits every pending tracked action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from agent.core.actions import Action, Log, Resync, TrackedAction, is_tracked
+from agent.core.inputs import ActionCompleted, Input, input_time
+from agent.core.state import State
+from agent.core.step import restore, step
+from agent.errors import JournalError
+from agent.journal.store import Entry, Journal
+from agent.runtime.lanes import Lanes
+
+log = logging.getLogger("setpoint.runtime")
+COMMIT_ATTEMPTS = 10
+"""About half a minute of back-off before a failing journal stops the agent."""
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+
+
+class Observer(Protocol):
+    """What the runtime reports as it goes (the metrics implement it)."""
+
+    def batch(self, inputs: int, journaled: int, stepping: float, commit: float) -> None: ...
+
+    def completed(self, action: TrackedAction, done: ActionCompleted) -> None: ...
+
+    def journal_failed(self) -> None: ...
+
+    def retried(self, lane: str) -> None: ...
+
+    def projection_failed(self, name: str) -> None: ...
+
+
+@dataclass
+class Stats:
+    """How inputs were grouped into commits."""
+
+    batches: int = 0
+    inputs: int = 0
+    journaled: int = 0
+
+
+class Runtime:
+    """Owns the state; everything else talks to it through `submit`."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        state: State,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_resync: Callable[[], None] = lambda: None,
+        batch_max: int = 1024,
+        metrics: Observer | None = None,
+    ) -> None:
+        self.journal = journal
+        self.state = state
+        self.clock = clock
+        self.lanes = Lanes(self.submit, clock, on_retry=self._retried)
+        self.mailbox: asyncio.Queue[Input | None] = asyncio.Queue()
+        self.stats = Stats()
+        self._on_resync = on_resync
+        self._batch_max = batch_max
+        self._changed = asyncio.Condition()
+        self.metrics = metrics
+        self.tap: Callable[[Input], None] | None = None
+        """Sees every input as it is submitted (benchmarks and tests)."""
+        self.on_commit: list[Callable[[State], None]] = []
+        """Called with the committed state after each batch that changed something."""
+        self.progress = time.monotonic()
+
+    def submit(self, inp: Input) -> None:
+        """Queue an input; callable from any task on the loop."""
+        if self.tap is not None:
+            self.tap(inp)
+        self.mailbox.put_nowait(inp)
+
+    def restore(self) -> int:
+        """Re-emit every pending tracked action; returns how many."""
+        actions = restore(self.state)
+        for action in actions:
+            self.lanes.dispatch(action)
+        if actions:
+            log.info("restored %d pending actions", len(actions))
+        return len(actions)
+
+    def stop(self) -> None:
+        """Make `run` return once the inputs queued before this call are committed."""
+        self.mailbox.put_nowait(None)
+
+    async def run(self) -> None:
+        """Process batches until `stop`; never stops half-way through a commit."""
+        while True:
+            batch = await self._next_batch()
+            stopping = batch[-1] is None
+            await self.process([i for i in batch if i is not None])
+            if stopping:
+                return
+
+    async def _next_batch(self) -> list[Input | None]:
+        """What is queued now, up to the batch limit, ending early at a stop marker."""
+        batch = [await self.mailbox.get()]
+        while batch[-1] is not None and len(batch) < self._batch_max and not self.mailbox.empty():
+            batch.append(self.mailbox.get_nowait())
+        return batch
+
+    async def process(self, batch: Sequence[Input]) -> None:
+        """Step a batch, commit it durably, then act on what it produced."""
+        started = time.perf_counter()
+        state = self.state
+        entries: list[Entry] = []
+        actions: list[Action] = []
+        for inp in batch:
+            new, out = step(state, inp)
+            if new is state and not out:
+                continue
+            entries.append(Entry(input_time(inp), inp, out, self._completed(state, inp)))
+            state = new
+            actions.extend(out)
+        stepped = time.perf_counter()
+        await self._commit(entries, state)
+        self._account(len(batch), len(entries), stepped - started, time.perf_counter() - stepped)
+        self.state = state
+        self._act(actions)
+        if entries:
+            self._project(state)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _commit(self, entries: list[Entry], state: State) -> None:
+        """Commit, retrying a failing journal with back-off (the loop waits: nothing runs
+        before its decision is durable); give up, and let the agent exit, after a while."""
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                await self.journal.commit(entries, state)
+                return
+            except JournalError as err:
+                if self.metrics is not None:
+                    self.metrics.journal_failed()
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                delay = min(5.0, 0.1 * 2**attempt)
+                log.error("journal commit failed, retrying in %.1fs: %s", delay, err)
+                await asyncio.sleep(delay)
+
+    def _project(self, state: State) -> None:
+        """Feed the committed state to the projections (MQTT state, ...), after dispatch: a
+        projection that fails is logged and counted, never in the way of reconciliation."""
+        for hook in self.on_commit:
+            try:
+                hook(state)
+            except Exception:  # containment: a projection is never worth a stopped agent
+                name = getattr(hook, "__qualname__", repr(hook))
+                log.exception("projection %s failed; reconciliation goes on", name)
+                if self.metrics is not None:
+                    self.metrics.projection_failed(name)
+
+    def _retried(self, lane: str) -> None:
+        if self.metrics is not None:
+            self.metrics.retried(lane)
+
+    def _completed(self, state: State, inp: Input) -> tuple[int, ...]:
+        """The id `inp` completes, if it completes a pending action."""
+        if not isinstance(inp, ActionCompleted) or inp.action_id not in state.pending:
+            return ()
+        if self.metrics is not None:
+            self.metrics.completed(state.pending[inp.action_id], inp)
+        return (inp.action_id,)
+
+    def _account(self, inputs: int, journaled: int, stepping: float, commit: float) -> None:
+        self.progress = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.batch(inputs, journaled, stepping, commit)
+        self.stats.batches += 1
+        self.stats.inputs += inputs
+        self.stats.journaled += journaled
+
+    def _act(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            if is_tracked(action):
+                self.lanes.dispatch(action)
+            elif isinstance(action, Log):
+                level = _LEVELS.get(action.level, logging.ERROR)
+                log.log(
+                    level, "%s%s", f"[{action.subject}] " if action.subject else "", action.message
+                )
+            elif isinstance(action, Resync):
+                self._on_resync()
+
+    def alive(self, stuck_after: float = 30.0) -> bool:
+        """False when inputs wait while no batch was committed for `stuck_after` seconds."""
+        return self.mailbox.empty() or time.monotonic() - self.progress < stuck_after
+
+    async def wait_for(self, predicate: Callable[[State], bool], timeout: float) -> State:
+        """Wait until the committed state satisfies `predicate` (tests and shutdown use it)."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: predicate(self.state))
+        return self.state
+
+    async def settle(self, timeout: float) -> bool:
+        """Let in-flight effects finish (up to `timeout`) and commit their results."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if not self.mailbox.empty():
+                await self.process([i for i in await self._next_batch() if i is not None])
+                continue
+            left = deadline - loop.time()
+            if not self.lanes.busy or left <= 0:
+                break
+            try:
+                first = await asyncio.wait_for(self.mailbox.get(), left)
+            except TimeoutError:
+                break
+            await self.process([first] if first is not None else [])
+        return not self.lanes.busy
