@@ -92,6 +92,8 @@ async def _drive(args: argparse.Namespace) -> None:
             for fact in args.fact:
                 name, _, value = fact.partition("=")
                 link.publish(name, value)
+            if args.digest:
+                link.publish_digest(args.digest)
             stopping = asyncio.ensure_future(stop.wait())
             while True:
                 reading = asyncio.ensure_future(stdin.readline())
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--node", required=True)
     parser.add_argument("--ttl", type=int, default=2)
     parser.add_argument("--fact", action="append", default=[], help="name=value to publish")
+    parser.add_argument("--digest", help="this node's goal digest to publish")
     parser.add_argument("endpoint", nargs="+")
     asyncio.run(_drive(parser.parse_args()))
 
@@ -129,6 +132,7 @@ class LinkProcess:
     logdir: Path
     ttl: int = 2
     facts: dict[str, str] = field(default_factory=dict)
+    digest: str = ""
     views: list[View] = field(default_factory=list)
     started: float = 0.0
     _proc: asyncio.subprocess.Process | None = None
@@ -148,7 +152,9 @@ class LinkProcess:
     async def start(self) -> None:
         argv = [sys.executable, "-m", "tests.e2e.linkdriver", "--cluster", self.cluster,
                 "--node", self.node, "--ttl", str(self.ttl)]  # fmt: skip
-        argv += [f"--fact={k}={v}" for k, v in self.facts.items()] + self.endpoints
+        argv += [f"--fact={k}={v}" for k, v in self.facts.items()]
+        argv += [f"--digest={self.digest}"] if self.digest else []
+        argv += self.endpoints
         self.views.clear()
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as err:

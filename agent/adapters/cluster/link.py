@@ -208,6 +208,12 @@ class ClusterLink:
         return self.term is not None
 
     @property
+    def fence(self) -> int | None:
+        """The fencing token of this node's term, now (None: it does not lead)."""
+        term = self.term
+        return None if term is None else term.fence
+
+    @property
     def leader(self) -> str | None:
         first = min(self._election.values(), default=None)
         return None if first is None else first[1]
