@@ -111,13 +111,15 @@ async def test_exactly_one_leader_among_three(links: dict[str, LinkProcess]) -> 
     assert claims == [leader]
     fences = {links[n].view["fence"] for n in names}
     assert fences == {links[leader].view["fence"], None}
+    everyone = set(names)
     view = await links[names[0]].wait(
-        lambda v: set(v["facts"]) == set(names), 10, "every host's facts"
+        lambda v: set(v["facts"]) == set(v["digests"]) == set(v["members"]) == everyone,
+        10,
+        "every host's facts, digest and election key",
     )
     assert {n: f["host"] for n, f in view["facts"].items()} == {n: n for n in names}
-    view = await links[names[0]].wait(lambda v: len(v["digests"]) == 3, 10, "every digest")
     assert view["digests"] == {n: f"goals-{n}" for n in names}
-    assert len(view["members"]) == 3
+    assert view["members"][0] == leader
 
 
 async def test_killed_leader_is_replaced_within_ttl_plus_one(

@@ -115,7 +115,7 @@ def _kv(raw: Any) -> KeyValue:
 
 
 def prefix_end(prefix: str) -> str:
-    """The range end that covers every key starting with `prefix` (ASCII prefixes)."""
+    """The range end that covers every key starting with `prefix` (its last character + 1)."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 

@@ -27,8 +27,10 @@ one that does not know yet that it was deposed.
 
 Health: `healthy` means the last renewal succeeded, the lease is valid and the watch is in
 sync. etcd unreachable or without quorum makes the link unhealthy (and ends the term once the
-lease may have expired); it never raises out of the link. Every background task is named and
-supervised by the link's TaskGroup: an unexpected error ends the `async with` block with it.
+lease may have expired); so does etcd refusing a request (PermanentError: auth, TLS, a bad
+request), retried every 10 s and logged as an error. Neither raises out of the link
+(`last_error` tells the latest). Every background task is named and supervised by the link's
+TaskGroup: an unexpected exception (a bug) ends the `async with` block with it.
 """
 
 from __future__ import annotations
@@ -44,12 +46,23 @@ from typing import Self
 
 from agent.adapters.cluster.config import ClusterConfig
 from agent.adapters.cluster.errors import ClusterUnavailable, LeaseLost
-from agent.adapters.cluster.etcd import Compare, Delete, Etcd, Event, Get, KeyValue, Put, read_tls
-from agent.errors import TransientError
+from agent.adapters.cluster.etcd import (
+    Compare,
+    Delete,
+    Etcd,
+    Event,
+    Get,
+    KeyValue,
+    Put,
+    prefix_end,
+    read_tls,
+)
+from agent.errors import PermanentError, SetpointError, TransientError
 
 log = logging.getLogger("setpoint.cluster")
 
 _TXN_OPS = 100  # etcd refuses more than 128 operations in one txn (--max-txn-ops)
+_REFUSED_RETRY = 10.0  # after a PermanentError in a background loop (auth, bad request)
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,7 @@ class ClusterLink:
         self._news = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.last_error: str | None = None  # the latest failure of a background loop
 
     # -- life --------------------------------------------------------------------------------
 
@@ -168,7 +182,7 @@ class ClusterLink:
         if lease is not None:
             try:
                 await etcd.revoke(lease, timeout=min(1.0, self.config.timeout))
-            except TransientError as err:
+            except SetpointError as err:
                 log.info("cluster: lease %x not revoked (%s); it expires by itself", lease, err)
         await etcd.close()
 
@@ -314,9 +328,18 @@ class ClusterLink:
     async def get_prefix(self, prefix: str = "") -> dict[str, str]:
         """Every state key under `prefix`, relative to `state/`."""
         start = self.keys.state + prefix
-        end = start[:-1] + chr(ord(start[-1]) + 1)
-        _, kvs = await self._client.range(start, end)
+        _, kvs = await self._client.range(start, prefix_end(start))
         return {kv.key.removeprefix(self.keys.state): kv.value for kv in kvs}
+
+    async def _pause(self, err: SetpointError, backoff: _Backoff, what: str = "") -> None:
+        """After a failure in a background loop: log it, wait (long if etcd refused)."""
+        self.last_error = f"{what}{err}"
+        if isinstance(err, PermanentError):
+            log.error("cluster %s: %s%s", self.config.cluster, what, err)
+            await asyncio.sleep(_REFUSED_RETRY)
+        else:
+            log.warning("cluster %s: %s%s", self.config.cluster, what, err)
+            await backoff.sleep()
 
     @property
     def _client(self) -> Etcd:
@@ -339,11 +362,10 @@ class ClusterLink:
                 await self._hold_lease(backoff)
             except LeaseLost as err:
                 log.warning("cluster %s: %s; granting a new lease", self.config.cluster, err)
-            except TransientError as err:
-                log.warning("cluster %s: %s", self.config.cluster, err)
+            except SetpointError as err:
                 self._renew_ok = False
                 self._changed()
-                await backoff.sleep()
+                await self._pause(err, backoff)
             self._drop_lease()
             self._changed()
 
@@ -436,11 +458,10 @@ class ClusterLink:
                     for event in await watch.next():
                         self._apply(event)
                     self._changed()
-            except TransientError as err:
-                log.warning("cluster %s: watch: %s", self.config.cluster, err)
+            except SetpointError as err:
                 self._synced = False
                 self._changed()
-                await backoff.sleep()
+                await self._pause(err, backoff, "watch: ")
             finally:
                 if watch is not None:
                     watch.cancel()
@@ -503,7 +524,6 @@ class ClusterLink:
                 backoff.reset()
             except LeaseLost:
                 continue  # the lease loop grants a new one and wakes this loop
-            except TransientError as err:
-                log.warning("cluster %s: publishing facts: %s", self.config.cluster, err)
+            except SetpointError as err:
                 self._publish.set()
-                await backoff.sleep()
+                await self._pause(err, backoff, "publishing facts: ")
