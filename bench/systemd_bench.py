@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.adapters.systemd.bus import unit_path
+from agent.adapters.systemd.protocol import unit_path
 from agent.app import Daemon, Options
 from agent.core.actions import TrackedAction, UnitJob
 from agent.core.inputs import Input, UnitObserved

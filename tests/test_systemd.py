@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from agent.adapters.systemd.bus import SystemdAdapter, unit_path
+from agent.adapters.systemd.bus import SystemdAdapter
+from agent.adapters.systemd.protocol import ReplyError, convert, unit_path
 from agent.core.inputs import Input, UnitObserved
 from agent.errors import PermanentError, TransientError
 from tests.sysmgr import SystemdUser, alive, running_manager
@@ -433,7 +434,6 @@ async def test_cancelling_run_disconnects(systemd_user: SystemdUser) -> None:
 def test_dbus_refusals_are_not_permitted_other_errors_keep_their_class(
     name: str, kind: str
 ) -> None:
-    from agent.adapters.systemd.bus import _convert, _ReplyError
 
-    err = _convert(_ReplyError(name, "nope"), "start web.service")
+    err = convert(ReplyError(name, "nope"), "start web.service")
     assert type(err).__name__ == kind and str(err) == f"start web.service: nope ({name})"

@@ -27,92 +27,39 @@ import contextlib
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from dbus_fast import BusType, DBusFastError, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from agent.adapters.systemd.cache import SERVICE_PROPS, Seen, UnitCache
+from agent.adapters.systemd.jobs import JobWaiters
+from agent.adapters.systemd.protocol import (
+    ALREADY_SUBSCRIBED,
+    DBUS,
+    MANAGER,
+    MANAGER_PATH,
+    MATCH_RULES,
+    METHODS,
+    PROPERTIES,
+    SERVICE,
+    SYSTEMD,
+    UNIT,
+    BusKind,
+    JobOp,
+    ReplyError,
+    convert,
+    job_outcome,
+    unit_path,
+)
 from agent.core.inputs import Input, UnitObserved
-from agent.errors import NotPermitted, PermanentError, TransientError
+from agent.errors import PermanentError, TransientError
 
 log = logging.getLogger("setpoint.systemd")
 
-SYSTEMD = "org.freedesktop.systemd1"
-MANAGER_PATH = "/org/freedesktop/systemd1"
-MANAGER = "org.freedesktop.systemd1.Manager"
-UNIT = "org.freedesktop.systemd1.Unit"
-SERVICE = "org.freedesktop.systemd1.Service"
-PROPERTIES = "org.freedesktop.DBus.Properties"
-DBUS = "org.freedesktop.DBus"
-UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
-
-JobOp = Literal["start", "stop", "restart"]
-BusKind = Literal["system", "user"]
-
-_METHODS: dict[str, str] = {"start": "StartUnit", "stop": "StopUnit", "restart": "RestartUnit"}
-_MATCH_RULES = (
-    f"type='signal',sender='{SYSTEMD}'",
-    f"type='signal',sender='{DBUS}',interface='{DBUS}',member='NameOwnerChanged',arg0='{SYSTEMD}'",
-)
-# D-Bus errors where retrying cannot help; anything else is transient.
-_PERMANENT_ERRORS = frozenset(
-    {
-        "org.freedesktop.systemd1.NoSuchUnit",
-        "org.freedesktop.systemd1.UnitMasked",
-        "org.freedesktop.systemd1.LoadFailed",
-        "org.freedesktop.systemd1.BadUnitSetting",
-        "org.freedesktop.systemd1.JobTypeNotApplicable",
-        "org.freedesktop.systemd1.OnlyByDependency",
-        "org.freedesktop.DBus.Error.AccessDenied",
-        "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
-        "org.freedesktop.DBus.Error.InvalidArgs",
-        "org.freedesktop.DBus.Error.UnknownMethod",
-        "org.freedesktop.DBus.Error.NotSupported",
-    }
-)
-_ALREADY_SUBSCRIBED = "org.freedesktop.systemd1.AlreadySubscribed"
-# JobRemoved results: which ones end a job as a success, and which ones cannot improve.
-_JOB_OK = frozenset({"done", "skipped"})
-_JOB_PERMANENT = frozenset({"invalid", "unsupported", "once"})
-_UNIT_PROPS = {
-    "ActiveState": "active",
-    "SubState": "sub",
-    "LoadState": "load",
-    "StateChangeTimestamp": "changed",
-}
-_SERVICE_PROPS = {
-    "Result": "result",
-    "MainPID": "main_pid",
-    "NRestarts": "n_restarts",
-    "ExecMainCode": "exit_code",
-    "ExecMainStatus": "exit_status",
-}
-_DENIED = frozenset(
-    {
-        "org.freedesktop.DBus.Error.AccessDenied",
-        "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
-    }
-)
-_JOB_BUFFER = 512
 _BACKOFF_MIN = 0.1
 _COALESCE = 0.02
-
-
-def unit_path(name: str) -> str:
-    """The object path of a unit, escaped like systemd's bus_label_escape (pure)."""
-    if not name:
-        return UNIT_PATH_PREFIX + "_"
-    out = []
-    for i, byte in enumerate(name.encode()):
-        char = chr(byte)
-        if char.isascii() and (char.isalpha() or (i > 0 and char.isdigit())):
-            out.append(char)
-        else:
-            out.append(f"_{byte:02x}")
-    return UNIT_PATH_PREFIX + "".join(out)
 
 
 class _Bus(MessageBus):
@@ -150,68 +97,16 @@ _MAX_CALLS = 64
 buffer fills (BlockingIOError in its writer), which a burst of 1,000 GetAll calls does."""
 
 
-class _ReplyError(Exception):
-    """A D-Bus error reply (internal; converted before leaving the module)."""
-
-    def __init__(self, name: str, text: str) -> None:
-        super().__init__(f"{name}: {text}")
-        self.name = name
-        self.text = text
-
-
-def _convert(err: _ReplyError, what: str) -> PermanentError | TransientError:
-    """The project error for a D-Bus error reply about `what` (e.g. "start web.service")."""
-    if err.name in _DENIED:
-        return NotPermitted(f"{what}: {err.text} ({err.name})")
-    cls = PermanentError if err.name in _PERMANENT_ERRORS else TransientError
-    return cls(f"{what}: {err.text} ({err.name})")
-
-
-def _job_outcome(unit: str, op: str, result: str) -> str:
-    """Return the result of a finished job, or raise the error it stands for (pure)."""
-    if result in _JOB_OK:
-        return result
-    cls = PermanentError if result in _JOB_PERMANENT else TransientError
-    raise cls(f"{op} {unit}: job finished with result '{result}'")
-
-
-@dataclass
-class _Seen:
-    """What is known of one unit; `touched` says which signal last set each field."""
-
-    active: str | None = None
-    sub: str | None = None
-    load: str | None = None
-    result: str = "success"
-    main_pid: int = 0
-    n_restarts: int = 0
-    exit_code: int = 0
-    exit_status: int = 0
-    changed: int = 0
-    """systemd's StateChangeTimestamp (us since the epoch); 0 when unknown."""
-    touched: dict[str, int] = field(default_factory=dict)
-
-    def rebase(self, fetched: _Seen, since: int) -> _Seen:
-        """`fetched` (a resync reply), except fields a signal set after `since`."""
-        for name, seq in self.touched.items():
-            if seq > since:
-                setattr(fetched, name, getattr(self, name))
-                fetched.touched[name] = seq
-        return fetched
-
-    def key(self) -> tuple[Any, ...] | None:
-        """The relevant fields, or None while incomplete."""
-        if self.active is None or self.sub is None or self.load is None:
-            return None
-        return (self.active, self.sub, self.load, self.result, self.main_pid, self.n_restarts,
-                self.exit_code, self.exit_status)  # fmt: skip
-
-
 class SystemdAdapter:
     """Watches a set of units and runs jobs on one systemd manager over D-Bus.
 
     `run()` is the long-running task (connect, subscribe, resync, serve, reconnect with
     backoff); `run_job()` may be called concurrently from the effect lanes.
+
+    Longer than most classes here on purpose: it is one connection's lifecycle, and its parts
+    share that connection's state (the bus, the manager's owner, pending resync requests).
+    Everything that can be pure is elsewhere: the unit cache (cache.py, with a seeded
+    simulation), job waiters (jobs.py), names and error meanings (protocol.py).
     """
 
     def __init__(
@@ -232,11 +127,7 @@ class SystemdAdapter:
         self._interval = resync_interval
         self._call_timeout = call_timeout
         self._backoff_max = backoff_max
-        self._watched: frozenset[str] = frozenset()
-        self._paths: dict[str, set[str]] = {}
-        self._seen: dict[str, _Seen] = {}
-        self._emitted: dict[str, tuple[Any, ...]] = {}
-        self._seq = 0
+        self._cache = UnitCache()
         self._bus: MessageBus | None = None
         self._owner: str | None = None
         self._ready = asyncio.Event()
@@ -244,9 +135,8 @@ class SystemdAdapter:
         self._want_full = False
         self._want_subscribe = False
         self._dirty: set[str] = set()
-        self._jobs: dict[str, asyncio.Future[str]] = {}
         self._calls = asyncio.Semaphore(_MAX_CALLS)
-        self._finished_jobs: OrderedDict[str, str] = OrderedDict()
+        self._jobs = JobWaiters()
         self._closed = False
         self._stopping = asyncio.Event()
         self.generation = 0
@@ -257,7 +147,7 @@ class SystemdAdapter:
     @property
     def watched(self) -> frozenset[str]:
         """The unit names being watched."""
-        return self._watched
+        return self._cache.watched
 
     @property
     def connected(self) -> bool:
@@ -266,16 +156,7 @@ class SystemdAdapter:
 
     def watch(self, units: Iterable[str]) -> None:
         """Replace the set of watched units; new ones are fetched soon, dropped ones forgotten."""
-        new = frozenset(units)
-        for name in self._watched - new:
-            self._seen.pop(name, None)
-            self._emitted.pop(name, None)
-        self._watched = new
-        paths = {path: names & new for path, names in self._paths.items() if names & new}
-        for name in new:
-            paths.setdefault(unit_path(name), set()).add(name)
-        self._paths = paths
-        if new - set(self._seen):
+        if self._cache.watch(units, unit_path):
             self._request(full=True)
 
     async def wait_ready(self) -> None:
@@ -293,7 +174,7 @@ class SystemdAdapter:
             return
         try:
             await self._resync(self._bus, force=True)
-        except (TransientError, _ReplyError) as err:
+        except (TransientError, ReplyError) as err:
             log.warning("systemd resync failed, will retry: %s", err)
             self._request(full=True)
 
@@ -310,15 +191,15 @@ class SystemdAdapter:
                 if self._bus is None:
                     raise TransientError(f"{what}: not connected")
                 reply = await self._call(
-                    self._bus, MANAGER_PATH, MANAGER, _METHODS[op], "ss", [unit, "replace"]
+                    self._bus, MANAGER_PATH, MANAGER, METHODS[op], "ss", [unit, "replace"]
                 )
                 job: str = reply.body[0]
-                result = await self._job_result(job)
+                result = await self._jobs.result(job)
         except TimeoutError as err:
             raise TransientError(f"{what}: no result within {timeout:g}s") from err
-        except _ReplyError as err:
-            raise _convert(err, what) from err
-        return _job_outcome(unit, op, result)
+        except ReplyError as err:
+            raise convert(err, what) from err
+        return job_outcome(unit, op, result)
 
     async def run(self) -> None:
         """Connect, serve until the connection drops, reconnect with backoff; until close()."""
@@ -379,7 +260,7 @@ class SystemdAdapter:
         self._bus = bus
         try:
             await self._setup(bus)
-        except (TransientError, _ReplyError) as err:
+        except (TransientError, ReplyError) as err:
             bus.disconnect()
             self._drop_connection(TransientError(str(err)))
             raise TransientError(f"setting up the systemd connection: {err}") from err
@@ -387,7 +268,7 @@ class SystemdAdapter:
 
     async def _setup(self, bus: MessageBus) -> None:
         """Match rules, the manager's owner, Subscribe, then a first resync."""
-        for rule in _MATCH_RULES:
+        for rule in MATCH_RULES:
             await self._call(bus, "/org/freedesktop/DBus", DBUS, "AddMatch", "s", [rule], DBUS)
         reply = await self._call(
             bus, "/org/freedesktop/DBus", DBUS, "GetNameOwner", "s", [SYSTEMD], DBUS
@@ -406,8 +287,8 @@ class SystemdAdapter:
         """Manager.Subscribe; being subscribed already is fine."""
         try:
             await self._call(bus, MANAGER_PATH, MANAGER, "Subscribe", "", [])
-        except _ReplyError as err:
-            if err.name != _ALREADY_SUBSCRIBED:
+        except ReplyError as err:
+            if err.name != ALREADY_SUBSCRIBED:
                 raise
 
     async def _serve(self, bus: MessageBus) -> None:
@@ -436,11 +317,7 @@ class SystemdAdapter:
         self._bus = None
         self._owner = None
         self._ready.clear()
-        jobs, self._jobs = self._jobs, {}
-        for fut in jobs.values():
-            if not fut.done():
-                fut.set_exception(err)
-        self._finished_jobs.clear()
+        self._jobs.fail_all(err)
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -454,7 +331,7 @@ class SystemdAdapter:
         body: list[Any],
         destination: str = SYSTEMD,
     ) -> Message:
-        """One method call; raises _ReplyError for an error reply, TransientError otherwise."""
+        """One method call; raises ReplyError for an error reply, TransientError otherwise."""
         msg = Message(
             destination=destination,
             path=path,
@@ -474,19 +351,8 @@ class SystemdAdapter:
             raise TransientError(f"{member}: bus connection lost")
         if reply.message_type is MessageType.ERROR:
             text = reply.body[0] if reply.body else ""
-            raise _ReplyError(reply.error_name or "unknown", str(text))
+            raise ReplyError(reply.error_name or "unknown", str(text))
         return reply
-
-    async def _job_result(self, job: str) -> str:
-        """Wait for JobRemoved of `job`, which may already have been read."""
-        if (done := self._finished_jobs.pop(job, None)) is not None:
-            return done
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._jobs[job] = fut
-        try:
-            return await fut
-        finally:
-            self._jobs.pop(job, None)
 
     # -- resync ----------------------------------------------------------------------------
 
@@ -511,7 +377,7 @@ class SystemdAdapter:
                     await self._resync(bus, force=False)
                 elif dirty:
                     await self._refresh(bus, dirty)
-            except (TransientError, _ReplyError) as err:
+            except (TransientError, ReplyError) as err:
                 log.warning("systemd resync failed, retrying: %s", err)
                 self._want_subscribe |= subscribe
                 self._request(full=True)
@@ -530,17 +396,17 @@ class SystemdAdapter:
 
     async def _resync(self, bus: MessageBus, *, force: bool) -> None:
         """Fetch all watched units; emit changed ones (all when `force`)."""
-        names = sorted(self._watched)
+        names = sorted(self._cache.watched)
         if names:
             await self._fetch(bus, names, force=force)
 
     async def _refresh(self, bus: MessageBus, names: set[str]) -> None:
         """Fetch units a signal pointed at, without loading units that are gone again."""
         loaded = []
-        for name in sorted(names & self._watched):
+        for name in sorted(names & self._cache.watched):
             try:
                 await self._call(bus, MANAGER_PATH, MANAGER, "GetUnit", "s", [name])
-            except _ReplyError:
+            except ReplyError:
                 continue
             loaded.append(name)
         if loaded:
@@ -548,10 +414,10 @@ class SystemdAdapter:
 
     async def _fetch(self, bus: MessageBus, names: list[str], *, force: bool) -> None:
         """ListUnitsByNames (+ Service properties) for `names`, then publish them."""
-        started = self._seq
+        began = self._cache.seq
         try:
             rows = await self._list_units(bus, names)
-        except _ReplyError as err:
+        except ReplyError as err:
             rows, error = [], err.text
         else:
             error = "not a valid unit name"  # ListUnitsByNames silently skips invalid names
@@ -566,21 +432,19 @@ class SystemdAdapter:
         # alias is recorded under the name we were asked to watch.
         fetched = await asyncio.gather(
             *(
-                self._row_state(bus, name, row, self._seen.get(name))
+                self._row_state(bus, name, row, self._cache.seen.get(name))
                 for name, row in zip(names, rows, strict=True)
             )
         )
         for name, state in fetched:
-            seen = self._seen.get(name)
-            self._seen[name] = state if seen is None else seen.rebase(state, started)
-            self._publish(name, force=force)
+            self._emit(name, self._cache.fetched(name, state, began, force=force))
 
     def _unusable(self, name: str, error: str, *, force: bool) -> None:
         """A watched name systemd refuses: log it once and report it as not found."""
-        if name not in self._seen:
+        first, seen = self._cache.unusable(name, force=force)
+        if first:
             log.error("systemd: cannot watch %s: %s", name, error)
-        self._seen[name] = _Seen(active="inactive", sub="dead", load="not-found")
-        self._publish(name, force=force)
+        self._emit(name, seen)
 
     async def _list_units(self, bus: MessageBus, names: list[str]) -> list[list[Any]]:
         """Rows (name, description, load, active, sub, following, path, ...) for `names`."""
@@ -589,19 +453,19 @@ class SystemdAdapter:
         return rows
 
     async def _row_state(
-        self, bus: MessageBus, name: str, row: list[Any], prior: _Seen | None
-    ) -> tuple[str, _Seen]:
+        self, bus: MessageBus, name: str, row: list[Any], prior: Seen | None
+    ) -> tuple[str, Seen]:
         """A complete state for one ListUnitsByNames row; services get their Service props.
 
         When the state is new to us, also when it changed (a lost signal, or our first look).
         """
         _, _, load, active, sub, _, path = row[:7]
-        self._paths.setdefault(path, set()).add(name)
-        state = _Seen(active=active, sub=sub, load=load)
+        self._cache.located(name, path)
+        state = Seen(active=active, sub=sub, load=load)
         if prior is not None and (prior.active, prior.sub) == (active, sub):
             state.changed = prior.changed
         elif load not in ("not-found", "masked"):
-            with contextlib.suppress(_ReplyError):
+            with contextlib.suppress(ReplyError):
                 reply = await self._call(
                     bus, path, PROPERTIES, "Get", "ss", [UNIT, "StateChangeTimestamp"]
                 )
@@ -609,10 +473,10 @@ class SystemdAdapter:
         if name.endswith(".service") and load not in ("not-found", "masked"):
             try:
                 reply = await self._call(bus, path, PROPERTIES, "GetAll", "s", [SERVICE])
-            except _ReplyError as err:
+            except ReplyError as err:
                 log.debug("systemd: no Service properties for %s: %s", name, err)
             else:
-                _merge(state, reply.body[0], _SERVICE_PROPS, 0)
+                state.merge(_values(reply.body[0]), SERVICE_PROPS, 0)
         return name, state
 
     # -- signals ---------------------------------------------------------------------------
@@ -634,26 +498,15 @@ class SystemdAdapter:
     def _on_manager_signal(self, member: str, body: list[Any]) -> None:
         """JobRemoved, Reloading, UnitNew, UnitRemoved."""
         if member == "JobRemoved":
-            self._on_job_removed(body[1], body[3])
+            self._jobs.removed(body[1], body[3])
         elif member == "Reloading" and not body[0]:
             log.info("systemd: daemon-reload finished; resyncing")
             self._request(full=True)
-        elif member == "UnitNew" and body[0] in self._watched:
-            self._paths.setdefault(body[1], set()).add(body[0])
+        elif member == "UnitNew" and body[0] in self._cache.watched:
+            self._cache.located(body[0], body[1])
             self._request(unit=body[0])
-        elif member == "UnitRemoved" and body[0] in self._watched:
+        elif member == "UnitRemoved" and body[0] in self._cache.watched:
             log.debug("systemd: %s unloaded", body[0])
-
-    def _on_job_removed(self, job: str, result: str) -> None:
-        """Hand a job's result to its waiter, or keep it for a waiter still to come."""
-        fut = self._jobs.pop(job, None)
-        if fut is not None:
-            if not fut.done():
-                fut.set_result(result)
-            return
-        self._finished_jobs[job] = result
-        while len(self._finished_jobs) > _JOB_BUFFER:
-            self._finished_jobs.popitem(last=False)
 
     def _on_owner_changed(self, body: list[Any]) -> None:
         """The manager left the bus or came back (daemon-reexec): resubscribe and resync."""
@@ -668,32 +521,20 @@ class SystemdAdapter:
             self._request(full=True)
 
     def _on_properties(self, path: str, body: list[Any]) -> None:
-        """PropertiesChanged on a unit object: merge, then publish on the Unit interface."""
-        names = self._paths.get(path)
-        if not names:
-            return
+        """PropertiesChanged on a unit object: the cache says what to publish and to fetch."""
         interface, changed, invalidated = body
         if interface not in (UNIT, SERVICE):
             return
-        props = _UNIT_PROPS if interface == UNIT else _SERVICE_PROPS
-        self._seq += 1
-        for name in names:
-            seen = self._seen.setdefault(name, _Seen())
-            _merge(seen, changed, props, self._seq)
-            if set(invalidated) & props.keys() or seen.key() is None:
-                self._request(unit=name)
-            elif interface == UNIT:  # systemd sends Service first, then Unit, per change
-                self._publish(name, force=False)
+        out = self._cache.signal(path, interface == SERVICE, _values(changed), invalidated)
+        for name in out.refresh:
+            self._request(unit=name)
+        for name, seen in out.publish:
+            self._emit(name, seen)
 
-    def _publish(self, name: str, *, force: bool) -> None:
-        """Emit the unit's state if complete and (unless forced) changed."""
-        seen = self._seen.get(name)
-        key = seen.key() if seen is not None else None
-        if seen is None or key is None or name not in self._watched:
+    def _emit(self, name: str, seen: Seen | None) -> None:
+        """Hand a unit's state to the runtime as a complete observation."""
+        if seen is None:
             return
-        if not force and self._emitted.get(name) == key:
-            return
-        self._emitted[name] = key
         assert seen.active is not None and seen.sub is not None and seen.load is not None
         self._on_input(
             UnitObserved(
@@ -712,10 +553,6 @@ class SystemdAdapter:
         )
 
 
-def _merge(seen: _Seen, changed: dict[str, Any], props: dict[str, str], seq: int) -> None:
-    """Copy the relevant properties (dbus-fast Variants) into `seen`; `seq` 0 for a resync."""
-    for prop, name in props.items():
-        if prop in changed:
-            setattr(seen, name, changed[prop].value)
-            if seq:
-                seen.touched[name] = seq
+def _values(changed: dict[str, Any]) -> dict[str, Any]:
+    """dbus-fast Variants unwrapped."""
+    return {prop: variant.value for prop, variant in changed.items()}
