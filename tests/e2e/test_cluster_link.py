@@ -303,3 +303,25 @@ async def test_tls_with_a_client_certificate(tls_etcd: tuple[str, Path]) -> None
         with pytest.raises(ClusterUnavailable):
             await link.get("k")
         assert not link.healthy
+
+
+async def test_a_deleted_election_key_ends_the_term_and_its_node_campaigns_again(
+    net: Hosts, etcd: EtcdCluster, links: dict[str, LinkProcess]
+) -> None:
+    names = list(links)
+    old = await one_leader(links, names, 20)
+    fence = links[old].view["fence"]
+    prefix = f"/setpoint/{links[old].cluster}/election/"
+    ctl = [ETCDCTL, "--endpoints", ",".join(etcd.endpoints())]
+    listed = await asyncio.to_thread(net.run, old, [*ctl, "get", "--prefix", prefix])
+    lines = listed.stdout.split()
+    key = next(k for k, v in zip(lines[::2], lines[1::2], strict=True) if v == old)
+    await asyncio.to_thread(net.run, old, [*ctl, "del", key])
+    new = await one_leader(links, [n for n in names if n != old], 10)
+    assert links[new].view["fence"] > fence
+    back = await links[old].wait(
+        lambda v: v["healthy"] and v["members"][-1:] == [old], 10, "a new campaign"
+    )
+    assert back["leader"] == new
+    stale = await links[old].call("fenced_put", term="last", key="k", value="late")
+    assert stale["ok"] is False

@@ -476,6 +476,8 @@ class ClusterLink:
     def _apply(self, event: Event) -> None:
         key, kv, put = event.kv.key, event.kv, event.kind == "put"
         keys = self.keys
+        if not put:
+            self._lost(key)
         if key.startswith(keys.election):
             if put:
                 self._election[key] = (kv.create_revision, kv.value)
@@ -496,6 +498,15 @@ class ClusterLink:
                 self._digests[node] = kv.value
             else:
                 self._digests.pop(node, None)
+
+    def _lost(self, key: str) -> None:
+        """One of this node's keys was deleted (its lease expired, or someone deleted it):
+        campaign again, write it again. With an expired lease, that fails with LeaseLost,
+        which is how the link may learn it first."""
+        if key == self._own_key:
+            self._own_rev = None
+        if self._written.pop(key, None) is not None:
+            self._publish.set()
 
     # -- publishing facts --------------------------------------------------------------------
 
