@@ -73,6 +73,16 @@ SNAPSHOT = (
 )
 
 
+class ProductDefect(AssertionError):
+    """The known symptom of a product defect: the only failure an xfail test may have
+    (`xfail(raises=ProductDefect, strict=True)`); anything else fails for real, and the fix
+    turns the test into an XPASS, which strict makes a failure until the marker goes."""
+
+
+def known_defect(reason: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(raises=ProductDefect, strict=True, reason=reason)
+
+
 @pytest.fixture(scope="module")
 def debian() -> Iterator[Container]:
     """The booted Debian with Setpoint installed (not yet enabled) and the demo goals."""
@@ -318,16 +328,16 @@ def _slow_job_in_flight(ct: Container) -> int:
     return before + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ExecReload=/bin/kill -s HUP $MAINPID: /bin/kill is procps, not on a minimal Debian",
-)
+@known_defect("ExecReload=/bin/kill -s HUP $MAINPID: /bin/kill is procps, not on a minimal Debian")
 def test_systemctl_reload_works_on_a_minimal_debian(debian: Container) -> None:
     ct = debian
     ensure_enabled(ct)
     cursor = ct.cursor()
     out = ct.run("systemctl", "reload", "setpoint", check=False)
-    assert out.returncode == 0, out.stderr + ct.journal("setpoint", after=cursor)
+    log = ct.journal("setpoint", after=cursor)
+    if out.returncode != 0 and "Failed to locate executable /bin/kill" in log:
+        raise ProductDefect(out.stderr + log)
+    assert out.returncode == 0, out.stderr + log
     wait_log(ct, cursor, r"goals reloaded")
 
 
@@ -393,16 +403,97 @@ def test_reboot_agent_comes_back_and_journal_verifies(debian: Container) -> None
     services = len(status(ct)["services"])
     wait_running(ct, services)
     last = newest_seq(ct)
-    ct.poweroff()
-    boot = ct.boot()
-    assert boot.failed == [], boot
-    wait_for(lambda: is_active(ct, "setpoint.service"), 60, "setpoint started at boot")
+    took = reboot(ct)
+    assert ct.boots[-1].failed == [], ct.boots[-1]
+    nspawn.log(f"poweroff with nothing pending: {took:.1f}s")
     wait_running(ct, services)
     assert newest_seq(ct) > last  # the same journal, continued
     previous = ct.run("journalctl", "--no-pager", "-o", "cat", "-b", "-1", "-u", "setpoint")
     assert "stopped cleanly" in previous.stdout, previous.stdout[-3000:]
     out = ct.run(SETPOINT, "journal", "verify", check=False)
     assert out.returncode == 0 and "journal verified" in out.stdout, out.stdout + out.stderr
+
+
+def reboot(ct: Container) -> float:
+    """Power off (waiting for nothing pending first), boot again; seconds the poweroff took."""
+    started = time.monotonic()
+    ct.poweroff()
+    took = time.monotonic() - started
+    ct.boot()
+    wait_for(lambda: is_active(ct, "setpoint.service"), 60, "setpoint started at boot")
+    return took
+
+
+@known_defect(
+    "after a reboot the agent takes units stopped by the shutdown for crashes: "
+    "'observed jump Running -> Stopped' and restarts counted against the limit"
+)
+def test_after_a_reboot_units_are_started_not_counted_as_restarts(debian: Container) -> None:
+    ct = debian
+    ensure_enabled(ct)
+    services = len(status(ct)["services"])
+    if len(ct.boots) < 2:  # alone: reboot here (in the module run, the test above did)
+        wait_running(ct, services)
+        reboot(ct)
+    wait_running(ct, services)
+    log = ct.journal("setpoint", boot="0")
+    if re.search(r"observed jump Running -> Stopped|went inactive; restarting \(1/", log):
+        raise ProductDefect(log)
+    assert all(svc["restarts"] == 0 for svc in status(ct)["services"].values()), status(ct)
+
+
+@known_defect(
+    "a unit job cancelled by the shutdown is retried, and the stopping agent waits for "
+    "that retry for all of --shutdown-timeout (30s): the poweroff is 30s late"
+)
+def test_poweroff_with_a_unit_job_in_flight_is_not_delayed_by_the_agent(
+    debian: Container,
+) -> None:
+    ct = debian
+    ensure_enabled(ct)
+    services = len(status(ct)["services"])
+    wait_running(ct, services)
+    _slow_job_in_flight(ct)
+    took = reboot(ct)
+    wait_running(ct, services)
+    previous = ct.journal("setpoint", boot="-1")
+    nspawn.log(f"poweroff with a job in flight: {took:.1f}s")
+    message = f"poweroff took {took:.1f}s; the agent's last boot:\n{previous}"
+    if took >= 15 and "result 'canceled'" in previous and "effects still running" in previous:
+        raise ProductDefect(message)
+    assert took < 15, message
+
+
+@known_defect(
+    "the README's route file effect (/run/...) cannot be written under the shipped "
+    "sandbox (ProtectSystem=strict, user setpoint): Permission denied, retried forever"
+)
+def test_readme_route_file_effect_works_under_the_installed_unit(debian: Container) -> None:
+    ct = debian
+    ensure_enabled(ct)
+    cursor = ct.cursor()
+    route = "/run/e2e-route"
+    ct.write(f"{GOALS}/route.yaml", "apiVersion: setpoint/v1\ngroups:\n  e2e-route:\n"
+             "    members:\n      - {name: primary, service: web}\n"
+             f"    effects:\n      - file: {{path: {route}}}\n")  # fmt: skip
+    try:
+        reload(ct)
+        wait_log(ct, cursor, r"goals reloaded")
+        denied = f"cannot write {route}: Permission denied"
+
+        def done() -> bool:
+            return ct.path(route).exists() or denied in agent_log(ct, cursor)
+
+        try:
+            wait_for(done, 30, f"{route} written by the route effect (or refused)")
+        except AssertionError as err:
+            raise AssertionError(f"{err}; the agent said:\n{agent_log(ct, cursor)}") from None
+        if not ct.path(route).exists():
+            raise ProductDefect(agent_log(ct, cursor))
+        assert ct.path(route).read_text().strip() == "primary"
+    finally:
+        ct.path(f"{GOALS}/route.yaml").unlink()
+        reload(ct)
 
 
 def test_make_uninstall_removes_what_install_added_and_keeps_journal_and_goals(
@@ -413,6 +504,7 @@ def test_make_uninstall_removes_what_install_added_and_keeps_journal_and_goals(
     assert before, "the module fixture takes the snapshot"
     nspawn.make_install(ct, "uninstall")
     after = set(ct.sh(SNAPSHOT).stdout.splitlines())
+    nspawn.log("left by install + uninstall (allowed):\n" + "\n".join(sorted(after - before)))
     left = sorted(p for p in after - before if not KEPT.match(p))
     assert left == [], left
     assert sorted(before - after) == []
