@@ -9,11 +9,12 @@ reloads the goals; invalid goals are reported and the last good ones stay in for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,9 @@ from typing import Literal
 from aiohttp import web
 
 from agent.adapters.alerts.sinks import Sinks
+from agent.adapters.cluster.bridge import ClusterBridge, Executor
+from agent.adapters.cluster.config import ClusterConfig
+from agent.adapters.cluster.link import ClusterLink, ClusterView
 from agent.adapters.effects.exec import run_exec
 from agent.adapters.effects.web import Webhook, write_file
 from agent.adapters.mqtt.config import MqttConfig
@@ -104,6 +108,7 @@ class Options:
     http_port: int = 9477
     mqtt: MqttConfig | None = None
     hostname: str = ""
+    cluster: ClusterConfig | None = None
 
 
 class Daemon:
@@ -119,6 +124,7 @@ class Daemon:
         self.webhook = Webhook()
         self.outputs: Outputs | None = None
         self.notifier = Notifier.from_env()
+        self.bridge: ClusterBridge | None = None
         self._stop = asyncio.Event()
         self._resync = asyncio.Event()
         self._reload = asyncio.Event()
@@ -137,19 +143,20 @@ class Daemon:
             rt = self.runtime = Runtime(
                 journal, state, clock=self.clock, on_resync=self._resync.set, metrics=self.metrics
             )
-            self._wire_lanes(rt)
-            self._install_signals()
-            self._load(rt, goals)
-            pending = rt.restore()
-            runner = await self._serve_http(rt)
-            commands = control.app(rt.submit, lambda: set(rt.state.services.keys()), self.clock)
-            control_runner = await control.serve(commands, self.opts.state_dir)
-            log.info("started: %d pending actions restored", pending)
-            try:
-                await self._supervise(rt)
-            finally:
-                await control_runner.cleanup()
-                await runner.cleanup()
+            async with self._cluster(rt):
+                self._wire_lanes(rt)
+                self._install_signals()
+                self._load(rt, goals)
+                pending = rt.restore()
+                runner = await self._serve_http(rt)
+                commands = control.app(rt.submit, lambda: set(rt.state.services.keys()), self.clock)
+                control_runner = await control.serve(commands, self.opts.state_dir)
+                log.info("started: %d pending actions restored", pending)
+                try:
+                    await self._supervise(rt)
+                finally:
+                    await control_runner.cleanup()
+                    await runner.cleanup()
             await self._shutdown(rt, journal)
         finally:
             await journal.close()
@@ -160,6 +167,26 @@ class Daemon:
         return await asyncio.to_thread(
             load_goals, self.opts.goals, broker=self.opts.mqtt is not None
         )
+
+    @contextlib.asynccontextmanager
+    async def _cluster(self, rt: Runtime) -> AsyncIterator[None]:
+        """The etcd link for cluster domains, when configured (see adapters/cluster/bridge)."""
+        config = self.opts.cluster
+        if config is None:
+            yield
+            return
+
+        def on_change(view: ClusterView) -> None:
+            if self.bridge is not None:
+                self.bridge.on_view(view)
+
+        link = ClusterLink(config, on_change=on_change)
+        bridge = self.bridge = ClusterBridge(link, rt.submit, self.clock)
+        rt.gate = bridge.gate
+        rt.on_commit.append(bridge.project)
+        async with link:
+            bridge.on_view(link.view())
+            yield
 
     def _state(self, initial: State) -> State:
         return self.runtime.state if self.runtime is not None else initial
@@ -181,9 +208,13 @@ class Daemon:
             rt.submit(inp)
 
         self.prober = Prober(probe_result, clock=self.clock)
-        rt.lanes.register("exec", run_exec, RetryPolicy(attempts=3))
-        rt.lanes.register("file", write_file, RetryPolicy(attempts=3))
-        rt.lanes.register("http", self.webhook, RetryPolicy(attempts=4))
+        guard = self.bridge.guard if self.bridge is not None else _unguarded
+        rt.lanes.register("exec", guard(run_exec), RetryPolicy(attempts=3))
+        rt.lanes.register("file", guard(write_file), RetryPolicy(attempts=3))
+        rt.lanes.register("http", guard(self.webhook), RetryPolicy(attempts=4))
+        if self.bridge is not None:
+            etcd = self.bridge.link
+            metrics.watch_link("etcd", lambda: etcd.healthy)
         self.outputs = wire_outputs(
             rt, self.opts.mqtt, self.opts.hostname, http_port=self.opts.http_port, clock=self.clock
         )
@@ -309,3 +340,7 @@ class Daemon:
             await self.outputs.sinks.close()
         await journal.snapshot(rt.state)
         log.info("stopped cleanly; %d actions pending", len(rt.state.pending))
+
+
+def _unguarded(executor: Executor) -> Executor:
+    return executor

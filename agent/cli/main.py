@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent import __version__
+from agent.adapters.cluster import bridge as cluster_options
 from agent.adapters.mqtt import config as mqtt_config
 from agent.adapters.systemd.bus import SystemdAdapter
 from agent.core.actions import TrackedAction, is_tracked
@@ -28,6 +29,7 @@ from agent.goals import goals_schema, load_goals
 from agent.goals.durations import parse_duration
 from agent.interfaces import control, logs
 from agent.interfaces.views import describe, status_dict, status_text
+from agent.journal.statedir import DB_NAME
 from agent.journal.store import Journal
 
 DEFAULT_GOALS = Path("/etc/setpoint/goals.d")
@@ -55,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     run.add_argument("--log-format", choices=["auto", "text", "journald", "json"], default="auto")
     mqtt_config.add_arguments(run)
+    cluster_options.add_arguments(run)
 
     val = sub.add_parser("validate", help="check goal files; exit 2 when invalid")
     val.add_argument("paths", nargs="+", type=Path, metavar="FILE|DIR")
@@ -226,6 +229,7 @@ def _run(args: argparse.Namespace) -> int:
     logs.setup(args.log_level, args.log_format)
     try:
         mqtt = mqtt_config.from_args(args)
+        cluster = cluster_options.from_args(args)
     except ValueError as err:
         print(f"setpoint run: {err}", file=sys.stderr)
         return 2
@@ -239,6 +243,7 @@ def _run(args: argparse.Namespace) -> int:
         http_port=args.listen[1],
         mqtt=mqtt,
         hostname=args.hostname,
+        cluster=cluster,
     )
     return asyncio.run(Daemon(opts).serve())
 
@@ -280,7 +285,7 @@ async def _command(args: argparse.Namespace) -> int:
 
 
 async def _load_state(state_dir: Path) -> State:
-    path = state_dir / "journal.db"
+    path = state_dir / DB_NAME
     try:
         if not path.exists():
             return State()

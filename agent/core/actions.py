@@ -34,6 +34,8 @@ class RunEffect:
     owner: str
     reason: str
     target: str = ""
+    fence: int = 0
+    """The leader's fencing token for an effect of a cluster domain (0: local)."""
 
     @property
     def lane(self) -> str:

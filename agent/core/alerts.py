@@ -43,6 +43,8 @@ class Builtin(StrEnum):
     ALL_MEMBERS_DOWN = "AllMembersDown"
     FAILOVER_ACTIVE = "FailoverActive"
     ROUTE_CHANGED = "RouteChanged"
+    CLUSTER_UNAVAILABLE = "ClusterUnavailable"
+    CLUSTER_GOALS_DIFFER = "ClusterGoalsDiffer"
 
 
 RETRY_AFTER = 30.0
@@ -218,7 +220,10 @@ def _still_meant(draft: Draft, alert: Alert) -> bool:
         return subject in draft.services
     if alert.name in ("AllMembersDown", "FailoverActive"):
         return subject in draft.index.groups
-    if alert.name in ("GoalBroken", "GoalsInvalid", Builtin.EXPRESSION_FAILED):
+    if alert.name == Builtin.CLUSTER_UNAVAILABLE:
+        return any(d.scope == "cluster" for d in draft.goals.domains)
+    if alert.name in ("GoalBroken", "GoalsInvalid", Builtin.EXPRESSION_FAILED,
+                      Builtin.CLUSTER_GOALS_DIFFER):  # fmt: skip
         return alert.name == "GoalsInvalid" or subject in draft.domains
     spec = draft.index.domains.get(subject)
     return spec is not None and any(t.name == alert.name for t in spec.transitions)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from immutables import Map
 
-from agent.core import alerts
+from agent.core import alerts, cluster
 from agent.core.actions import RunEffect
 from agent.core.draft import Draft, evolve
 from agent.core.expr import ExprError, evaluate, references
@@ -31,6 +31,8 @@ def facts(draft: Draft, spec: DomainSpec) -> dict[str, object] | None:
     fails, as in Pacemaker), or while a named probe has no verdict yet:
     a domain acts on facts, not on the blind spot right after a start.
     """
+    if spec.scope == "cluster":
+        return cluster.facts(draft, spec)
     services: dict[str, dict[str, object]] = {}
     probes: dict[str, dict[str, object]] = {}
     texts = [spec.goal, *(t.guard for t in spec.transitions), *(v.bind for v in spec.variables)]
@@ -89,6 +91,8 @@ def _round(draft: Draft, name: str, spec: DomainSpec, now: float) -> bool:
     """
     dom = draft.domains[name]
     decls = draft.index.decls[name]
+    if spec.scope == "cluster" and _not_ours(draft, name, spec, now):
+        return False
     known = facts(draft, spec)
     if known is None:
         return False
@@ -115,6 +119,16 @@ def _round(draft: Draft, name: str, spec: DomainSpec, now: float) -> bool:
     values.update(fired)
     _store(draft, name, dom, values, satisfied, in_flight, now)
     return bool(fired)
+
+
+def _not_ours(draft: Draft, name: str, spec: DomainSpec, now: float) -> bool:
+    """A cluster domain this node may not decide now (follower, link down, definitions differ)."""
+    why = cluster.acting(draft, spec)
+    differs = why.startswith("its definition differs")
+    summary = f"cluster domain {name} is not decided: {why}"
+    rule = alerts.Builtin.CLUSTER_GOALS_DIFFER.value
+    alerts.set_alert(draft, rule, name, differs, "critical", summary, now)
+    return bool(why)
 
 
 def _ready(dom: DomainState, tr: Transition, now: float) -> bool:
@@ -153,13 +167,17 @@ def _fire(
         draft.log("info", f"transition {tr.name} applied", name)
         return in_flight
     owner = f"domain:{name}"
-    ids = tuple(draft.track(_effect_maker(effect, owner, tr.name)) for effect in tr.effects)
+    fence = draft.cluster.fence if draft.domain_spec(name).scope == "cluster" else 0
+    track = draft.track_cluster if fence else draft.track
+    ids = tuple(track(_effect_maker(effect, owner, tr.name, fence)) for effect in tr.effects)
     draft.log("info", f"transition {tr.name} fired: actions {list(ids)}", name)
     return in_flight.set(tr.name, InFlight(ids))
 
 
-def _effect_maker(effect: Effect, owner: str, reason: str) -> Callable[[int], RunEffect]:
-    return lambda action_id: RunEffect(action_id, effect, owner, reason)
+def _effect_maker(
+    effect: Effect, owner: str, reason: str, fence: int
+) -> Callable[[int], RunEffect]:
+    return lambda action_id: RunEffect(action_id, effect, owner, reason, fence=fence)
 
 
 def _store(

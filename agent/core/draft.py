@@ -27,6 +27,7 @@ class Draft:
         self.next_id = state.next_id
         self.completed = state.completed
         self.maintenance = state.maintenance
+        self.cluster = state.cluster
         self.actions: list[Action] = []
         self.goals = state.goals
 
@@ -44,6 +45,15 @@ class Draft:
         action_id = self.next_id
         action = make(action_id)
         self.next_id += 1
+        self.pending = self.pending.set(action_id, action)
+        self.actions.append(action)
+        return action_id
+
+    def track_cluster(self, make: Callable[[int], TrackedAction]) -> int:
+        """`track` with an id from the cluster's counter (kept in etcd across leaders)."""
+        action_id = self.cluster.next_id
+        self.cluster = evolve(self.cluster, next_id=action_id + 1)
+        action = make(action_id)
         self.pending = self.pending.set(action_id, action)
         self.actions.append(action)
         return action_id
@@ -73,6 +83,7 @@ class Draft:
             and self.next_id == base.next_id
             and self.maintenance == base.maintenance
             and self.goals is base.goals
+            and self.cluster is base.cluster
         ):
             return base
         return evolve(
@@ -88,6 +99,7 @@ class Draft:
             next_id=self.next_id,
             completed=self.completed,
             maintenance=self.maintenance,
+            cluster=self.cluster,
         )
 
 

@@ -25,6 +25,7 @@ _SCALAR = {
     "double": cel.Type.DOUBLE,
 }
 _FACTS = cel.Type.Map(cel.Type.STRING, cel.Type.Map(cel.Type.STRING, cel.Type.DYN))
+_NODES = cel.Type.Map(cel.Type.STRING, cel.Type.Map(cel.Type.STRING, cel.Type.DYN))
 _STATUS = re.compile(r"^[A-Z_]+: ")
 _LOCATION = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
 _REFERENCE = re.compile(r"""\b(services|probes)(?:\.([A-Za-z_][\w]*)|\[\s*["']([^"']+)["']\s*\])""")
@@ -40,7 +41,7 @@ class ExprError(Exception):
 
 @lru_cache(maxsize=256)
 def _env(decls: Decls) -> Any:
-    variables = {"services": _FACTS, "probes": _FACTS}
+    variables = {"services": _FACTS, "probes": _FACTS, "nodes": _NODES}
     variables.update({name: _SCALAR[kind] for name, kind in decls})
     return cel.NewEnv(variables=variables)
 
@@ -98,7 +99,22 @@ def _fits(value: Scalar, want: VarType) -> bool:
     return isinstance(value, int) if want == "int" else isinstance(value, int | float)
 
 
+_NODE_REFERENCE = re.compile(
+    r"""\bnodes\[\s*["']([^"']+)["']\s*\]\s*\.\s*(services|probes)"""
+    r"""(?:\.([A-Za-z_][\w]*)|\[\s*["']([^"']+)["']\s*\])"""
+)
+
+
+@lru_cache(maxsize=8192)
+def node_references(text: str) -> tuple[tuple[str, str, str], ...]:
+    """The (node, `services`|`probes`, name) triples an expression names literally."""
+    return tuple(
+        (m.group(1), m.group(2), m.group(3) or m.group(4)) for m in _NODE_REFERENCE.finditer(text)
+    )
+
+
 @lru_cache(maxsize=8192)
 def references(text: str) -> tuple[tuple[str, str], ...]:
     """The (`services`|`probes`, name) pairs an expression names literally."""
-    return tuple((m.group(1), m.group(2) or m.group(3)) for m in _REFERENCE.finditer(text))
+    found = _REFERENCE.finditer(_NODE_REFERENCE.sub("", text))
+    return tuple((m.group(1), m.group(2) or m.group(3)) for m in found)

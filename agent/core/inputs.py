@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from immutables import Map
+
 from agent.core.spec import GoalSet
+from agent.core.state import ClusterRecord
 
 Command = Literal["maintenance_on", "maintenance_off", "resync", "reset"]
 
@@ -86,6 +89,27 @@ class GoalsRejected:
     at: float
 
 
+@dataclass(frozen=True)
+class ClusterObserved:
+    """The cluster link's view changed: health, who leads (our `fence`, 0 unless us), facts."""
+
+    at: float
+    healthy: bool
+    leader: str = ""
+    fence: int = 0
+    members: tuple[str, ...] = ()
+    facts: Map[str, Map[str, str]] = field(default_factory=Map)
+
+
+@dataclass(frozen=True)
+class ClusterAdopted:
+    """As the new leader (`fence`), the cluster domains' record read from etcd (None: none)."""
+
+    at: float
+    fence: int
+    record: ClusterRecord | None = None
+
+
 Input = (
     GoalsLoaded
     | GoalsRejected
@@ -94,6 +118,8 @@ Input = (
     | Tick
     | ActionCompleted
     | OperatorCommand
+    | ClusterObserved
+    | ClusterAdopted
 )
 
 

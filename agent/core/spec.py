@@ -17,6 +17,9 @@ Scalar = str | bool | int | float
 Severity = Literal["critical", "warning", "info"]
 
 
+Scope = Literal["local", "cluster"]
+
+
 @dataclass(frozen=True)
 class RestartPolicy:
     """Exponential backoff; give up after `limit` restarts in `window`; reset after `stable_for`."""
@@ -137,6 +140,10 @@ class DomainSpec:
     variables: tuple[StateVar, ...]
     goal: str
     transitions: tuple[Transition, ...]
+    scope: Scope = "local"
+    """`cluster`: decided by the one leader of the cluster, over facts from every node."""
+    digest: str = field(default="", compare=False)
+    """sha256 of the domain's definition; nodes compare it before the leader acts on it."""
     origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     """Where each expression is written: (expression text, `file:line:col`); not in the digest."""
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from immutables import Map
 
-from agent.core.actions import Alert, TrackedAction
+from agent.core.actions import Alert, RunEffect, TrackedAction
 from agent.core.spec import (
     DomainSpec,
     FailoverGroup,
@@ -114,6 +114,34 @@ class AlertState:
     deliveries: Map[str, Delivery] = field(default_factory=Map)
 
 
+CLUSTER_IDS = 1 << 40
+"""Ids of cluster actions start here: they live in etcd across leaders, apart from local ids."""
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """What the link says of the cluster, and this node's leadership (`fence` 0: follower)."""
+
+    healthy: bool = False
+    leader: str = ""
+    fence: int = 0
+    adopted: int = 0
+    """The fence whose record from etcd this leader has loaded; it acts only once equal."""
+    members: tuple[str, ...] = ()
+    facts: Map[str, Map[str, str]] = field(default_factory=Map)
+    """node -> fact name (`probe/<p>`, `service/<s>`, `digest/<domain>`) -> value."""
+    next_id: int = CLUSTER_IDS
+
+
+@dataclass(frozen=True)
+class ClusterRecord:
+    """The authoritative state of the cluster domains, kept in etcd by fenced writes."""
+
+    domains: Map[str, DomainState] = field(default_factory=Map)
+    pending: tuple[RunEffect, ...] = ()
+    next_id: int = CLUSTER_IDS
+
+
 @dataclass(frozen=True)
 class Index:
     """Lookups derived from the goals once per load: a step touches only what an input affects."""
@@ -147,3 +175,4 @@ class State:
     next_id: int = 1
     completed: int = 0
     maintenance: bool = False
+    cluster: ClusterState = field(default_factory=ClusterState)

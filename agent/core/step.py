@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from immutables import Map
 
-from agent.core import alerts, domains, groups, probes, services
+from agent.core import alerts, cluster, domains, groups, probes, services
 from agent.core.actions import Action, Resync, RunEffect, SendAlert, TrackedAction, UnitJob
 from agent.core.draft import Draft, evolve
 from agent.core.expr import references
 from agent.core.inputs import (
     ActionCompleted,
+    ClusterAdopted,
+    ClusterObserved,
     GoalsLoaded,
     GoalsRejected,
     Input,
@@ -46,6 +48,12 @@ def step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
         case GoalsLoaded():
             _goals_loaded(draft, inp.goals, inp.at)
             alerts.set_alert(draft, "GoalsInvalid", "goals", False, "warning", "", inp.at)
+        case ClusterObserved():
+            cluster.observed(draft, inp)
+            _cluster_domains(draft, inp.at)
+        case ClusterAdopted():
+            cluster.adopt(draft, inp)
+            _cluster_domains(draft, inp.at)
         case GoalsRejected():
             summary = f"goal reload rejected: {inp.problems[0] if inp.problems else '?'}"
             alerts.set_alert(draft, "GoalsInvalid", "goals", True, "warning", summary, inp.at)
@@ -54,6 +62,12 @@ def step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
     elif draft.alerts is not state.alerts:  # news for the sinks goes out at once
         alerts.deliver(draft, inp.at)
     return draft.finish(), tuple(draft.actions)
+
+
+def _cluster_domains(draft: Draft, at: float) -> None:
+    for spec in cluster.scoped(draft):
+        if spec.name in draft.domains:
+            domains.evaluate_domain(draft, spec.name, at)
 
 
 def restore(state: State) -> tuple[TrackedAction, ...]:
@@ -264,3 +278,11 @@ def _goals_loaded(draft: Draft, goals: GoalSet, at: float) -> None:
     for name in draft.domains:
         domains.evaluate_domain(draft, name, at)
     alerts.release_orphans(draft, at)
+
+
+def completes(state: State, inp: Input) -> tuple[int, ...]:
+    """The tracked id `inp` completes, as the journal records it: the id of an ActionCompleted
+    whose action is pending in `state` (the state before `inp`); () for anything else. Pure."""
+    if isinstance(inp, ActionCompleted) and inp.action_id in state.pending:
+        return (inp.action_id,)
+    return ()

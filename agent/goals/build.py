@@ -57,7 +57,10 @@ def build(merged: Merged) -> GoalSet:
 def digest(goals: GoalSet) -> str:
     """sha256 of the canonical JSON of the content: not the digest, not where things are written."""
     domains = tuple(dataclasses.replace(d, origins=()) for d in goals.domains)
-    content = dataclasses.asdict(dataclasses.replace(goals, digest="", domains=domains))
+    return _sha256(dataclasses.asdict(dataclasses.replace(goals, digest="", domains=domains)))
+
+
+def _sha256(content: dict[str, Any]) -> str:
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -163,7 +166,9 @@ def domain(name: str, m: DomainModel) -> DomainSpec:
         for t_name, t in m.transitions.items()
     )
     variables = tuple(variable(n, v) for n, v in m.state.items())
-    return DomainSpec(name=name, variables=variables, goal=m.goal, transitions=transitions)
+    spec = DomainSpec(name=name, variables=variables, goal=m.goal, transitions=transitions,
+                      scope=m.scope or "local")  # fmt: skip
+    return dataclasses.replace(spec, digest=_sha256(dataclasses.asdict(spec)))
 
 
 def _domain(entry: Entry[DomainModel]) -> DomainSpec:

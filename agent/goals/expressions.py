@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from yaml.nodes import ScalarNode
 
 from agent.core.alerts import Builtin
-from agent.core.expr import Decls, ExprError, compile_expr, evaluate, references
+from agent.core.expr import Decls, ExprError, compile_expr, evaluate, node_references, references
 from agent.core.spec import VarType
 from agent.errors import Problem
 from agent.goals.checks import unknown
@@ -23,7 +23,9 @@ from agent.goals.problems import describe, short
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _WORDS = "true false null in as break const continue else for function if import let loop"
-RESERVED = frozenset(f"{_WORDS} package namespace return var void while services probes".split())
+RESERVED = frozenset(
+    f"{_WORDS} package namespace return var void while services probes nodes".split()
+)
 BUILTIN_ALERTS = frozenset(Builtin)
 WORDS: dict[VarType, str] = {
     "string": "a string",
@@ -113,6 +115,17 @@ def _expr(
     else:
         if (overrun := _overruns(text, decls, want)) is not None:
             yield _at(dom, loc, 0, f"{loc[-1]}: {overrun}")
+    cluster = dom.model.scope == "cluster"
+    if cluster and references(text):
+        message = (
+            f'{loc[-1]}: a cluster domain reads facts as nodes["host"].services[...] '
+            'and nodes["host"].probes[...]; services[...] and probes[...] are one node\'s'
+        )
+        yield _at(dom, loc, 0, message)
+        return
+    if not cluster and node_references(text):
+        yield _at(dom, loc, 0, f"{loc[-1]}: nodes[...] needs `scope: cluster` on the domain")
+        return
     for kind, name in references(text):
         table = merged.services if kind == "services" else merged.probes
         if name not in table:

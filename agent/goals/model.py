@@ -300,6 +300,7 @@ class DomainModel(Strict):
     state: dict[str, VarModel] = {}
     goal: Expression
     transitions: dict[Name, TransitionModel] = {}
+    scope: Literal["local", "cluster"] | None = None
 
 
 class AlertmanagerSink(Strict):

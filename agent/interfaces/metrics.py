@@ -84,6 +84,13 @@ def render_state(state: State, now: float) -> list[str]:
     for name, dom in state.domains.items():
         value = "1.0" if dom.error else "0.0"
         out.append(f'setpoint_domain_paused{{domain="{_label(name)}"}} {value}')
+    c = state.cluster
+    _family(out, "setpoint_cluster_healthy", "gauge", "1 while the cluster link is healthy")
+    out.append(f"setpoint_cluster_healthy {'1.0' if c.healthy else '0.0'}")
+    _family(out, "setpoint_cluster_leader", "gauge", "1 while this node leads the cluster")
+    out.append(f"setpoint_cluster_leader {'1.0' if c.fence else '0.0'}")
+    _family(out, "setpoint_cluster_fence", "gauge", "This node's fencing token (0: not leading)")
+    out.append(f"setpoint_cluster_fence {float(c.fence)!r}")
     _family(out, "setpoint_pending_actions", "gauge", "Tracked actions awaiting a result")
     out.append(f"setpoint_pending_actions {float(len(state.pending))!r}")
     _family(out, "setpoint_maintenance", "gauge", "1 while in maintenance mode")

@@ -24,9 +24,17 @@ def describe(action: Action) -> str:
 
 def status_dict(state: State, now: float) -> dict[str, Any]:
     """The state as plain JSON-ready data."""
+    c = state.cluster
     return {
         "maintenance": state.maintenance,
         "goals_digest": state.goals.digest,
+        "cluster": {
+            "healthy": c.healthy,
+            "leader": c.leader,
+            "fence": c.fence,
+            "members": list(c.members),
+            "domains": sorted(d.name for d in state.goals.domains if d.scope == "cluster"),
+        },
         "services": {
             name: {
                 "lifecycle": svc.lifecycle,
@@ -84,6 +92,7 @@ def pending(state: State) -> list[TrackedAction]:
 def status_text(state: State, now: float) -> str:
     """A compact table for terminals."""
     lines = ["maintenance mode: ON" if state.maintenance else "maintenance mode: off", ""]
+    c = state.cluster
     lines.append(f"{'SERVICE':<24} {'STATE':<11} {'FOR':>8} {'ACTIVE':<20} {'HEALTH':<9} RESTARTS")
     for name, svc in sorted(state.services.items()):
         active = f"{svc.active}/{svc.sub}" if svc.sub else svc.active
@@ -98,6 +107,10 @@ def status_text(state: State, now: float) -> str:
         verdict = "goal holds" if dom.satisfied else "goal BROKEN"
         busy = f"; in flight: {', '.join(sorted(dom.in_flight.keys()))}" if dom.in_flight else ""
         lines.append(f"domain {name}: {verdict} ({values}){busy}")
+    if c.members or any(d.scope == "cluster" for d in state.goals.domains):
+        lead = f"this node, fence {c.fence}" if c.fence else c.leader or "none"
+        link = "healthy" if c.healthy else "DOWN: cluster domains paused"
+        lines.append(f"cluster: {link}; leader {lead}; members {', '.join(c.members) or '-'}")
     for name, group in sorted(state.groups.items()):
         moving = f" (switching from {group.applied})" if group.applied != group.route else ""
         lines.append(f"group {name}: route {group.route or '-'}{moving}; {group.switches} switches")

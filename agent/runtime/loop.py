@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from agent.core.actions import Action, Log, Resync, TrackedAction, is_tracked
 from agent.core.inputs import ActionCompleted, Input, input_time
 from agent.core.state import State
-from agent.core.step import restore, step
+from agent.core.step import completes, restore, step
 from agent.errors import JournalError
 from agent.journal.store import Entry, Journal
 from agent.runtime.lanes import Lanes
@@ -26,6 +26,10 @@ log = logging.getLogger("setpoint.runtime")
 COMMIT_ATTEMPTS = 10
 """About half a minute of back-off before a failing journal stops the agent."""
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+
+
+Gate = Callable[[State, State, Sequence[Action]], Awaitable[Sequence[Action]]]
+"""(state before the batch, state after it, its actions) -> the actions to dispatch now."""
 
 
 class Observer(Protocol):
@@ -76,6 +80,9 @@ class Runtime:
         self.metrics = metrics
         self.tap: Callable[[Input], None] | None = None
         """Sees every input as it is submitted (benchmarks and tests)."""
+        self.gate: Gate | None = None
+        """Between the journal commit and dispatch: a second durable record (the cluster's
+        state in etcd) and the actions it lets through."""
         self.on_commit: list[Callable[[State], None]] = []
         """Called with the committed state after each batch that changed something."""
         self.progress = time.monotonic()
@@ -131,7 +138,9 @@ class Runtime:
         stepped = time.perf_counter()
         await self._commit(entries, state)
         self._account(len(batch), len(entries), stepped - started, time.perf_counter() - stepped)
-        self.state = state
+        before, self.state = self.state, state
+        if self.gate is not None:
+            actions = list(await self.gate(before, state, actions))
         self._act(actions)
         if entries:
             self._project(state)
@@ -171,12 +180,11 @@ class Runtime:
             self.metrics.retried(lane)
 
     def _completed(self, state: State, inp: Input) -> tuple[int, ...]:
-        """The id `inp` completes, if it completes a pending action."""
-        if not isinstance(inp, ActionCompleted) or inp.action_id not in state.pending:
-            return ()
-        if self.metrics is not None:
+        """The id `inp` completes (core.step.completes), counted in the metrics."""
+        done = completes(state, inp)
+        if done and self.metrics is not None and isinstance(inp, ActionCompleted):
             self.metrics.completed(state.pending[inp.action_id], inp)
-        return (inp.action_id,)
+        return done
 
     def _account(self, inputs: int, journaled: int, stepping: float, commit: float) -> None:
         self.progress = time.monotonic()

@@ -23,7 +23,8 @@ async def run_exec(action: TrackedAction) -> str:
     """Run an exec effect; exit 0 is success, anything else a TransientError with the output.
 
     The program gets SETPOINT_ACTION_ID (stable across a crash and restore), so it can make
-    itself idempotent, and SETPOINT_TARGET for route effects.
+    itself idempotent, SETPOINT_TARGET for route effects, and SETPOINT_FENCE (the leader's
+    fencing token, growing across leaders) for cluster domains: refuse a smaller one.
     """
     if not isinstance(action, RunEffect) or not action.effect.argv:
         raise PermanentError(f"action {action.id} is not an exec effect")
@@ -31,6 +32,8 @@ async def run_exec(action: TrackedAction) -> str:
     env = {**os.environ, **dict(action.effect.env), "SETPOINT_ACTION_ID": str(action.id)}
     if action.target:
         env["SETPOINT_TARGET"] = action.target
+    if action.fence:
+        env["SETPOINT_FENCE"] = str(action.fence)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,

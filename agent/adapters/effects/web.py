@@ -23,6 +23,8 @@ async def write_file(action: TrackedAction) -> str:
     """Write the target (plus a newline) to the effect's path: temp file, fsync, rename."""
     effect = effect_action(action, "file")
     content = (effect.target or effect.reason) + "\n"
+    if effect.fence:  # a cluster domain's: readers refuse a file with a smaller fence
+        content += f"fence={effect.fence}\n"
     try:
         await asyncio.to_thread(atomic_write, Path(effect.effect.path), content.encode())
     except PermissionError as err:
@@ -65,6 +67,8 @@ class Webhook:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         headers = {"X-Setpoint-Action-Id": str(action.id), "Content-Type": "application/json"}
+        if effect.fence:
+            headers["X-Setpoint-Fence"] = str(effect.fence)
         body = effect.fill(effect.effect.body) if effect.effect.body else None
         url = effect.fill(effect.effect.url)
         try:
