@@ -70,6 +70,9 @@ class ActionCompleted:
     permanent: bool = False
     denied: bool = False
     """The manager refused the action: the agent is not permitted (polkit)."""
+    fence: int = 0
+    """The fence the action ran under (cluster actions): a result of an older dispatch of a
+    re-emitted action says nothing about the current one."""
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ def _tick(draft: Draft, now: float) -> None:
 
 def _action_completed(draft: Draft, done: ActionCompleted) -> None:
     action = draft.pending.get(done.action_id)
-    if action is None:
+    if action is None or (isinstance(action, RunEffect) and action.fence != done.fence):
         draft.log("debug", f"result for unknown or finished action {done.action_id} ignored")
         return
     draft.pending = draft.pending.delete(done.action_id)

@@ -21,7 +21,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from agent.core.actions import TrackedAction
+from agent.core.actions import RunEffect, TrackedAction
 from agent.core.inputs import ActionCompleted, Input
 from agent.errors import NotPermitted, PermanentError, TransientError
 
@@ -148,4 +148,7 @@ class Lanes:
     def _report(
         self, action: TrackedAction, ok: bool, detail: str, *, permanent: bool, denied: bool = False
     ) -> None:
-        self._submit(ActionCompleted(action.id, ok, self._clock(), detail, permanent, denied))
+        fence = action.fence if isinstance(action, RunEffect) else 0
+        self._submit(
+            ActionCompleted(action.id, ok, self._clock(), detail, permanent, denied, fence)
+        )
