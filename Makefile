@@ -4,11 +4,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := systemd dbus-user-session mosquitto prometheus prometheus-alertmanager polkitd openssl
+DEB_PACKAGES := systemd dbus-user-session mosquitto prometheus prometheus-alertmanager polkitd openssl \
+	etcd-server etcd-client iproute2 debootstrap systemd-container
 STATE_DIR ?= $(CURDIR)/run/state
 METRICS_PORT ?= 9477
 
-.PHONY: setup deb run test check lock lock-check bench sim clean install uninstall
+.PHONY: setup deb run test e2e check lock lock-check bench sim clean install uninstall
 
 # `make install` (root): venv under $(PREFIX)/venv, unit, polkit rule, example goals, the user.
 # DESTDIR=/some/dir stages everything there and leaves the host alone (no user, no systemctl).
@@ -65,7 +66,11 @@ run: setup
 	$(BIN)/python deploy/demo/run.py --state-dir $(STATE_DIR) --metrics-port $(METRICS_PORT)
 
 test: setup
-	$(BIN)/pytest -q -x --durations=10
+	$(BIN)/pytest -q -x --durations=10 --ignore=tests/e2e
+
+# Whole hosts: a booted Debian under systemd-nspawn, several hosts in network namespaces (root).
+e2e: setup
+	$(BIN)/pytest -q -x --durations=10 tests/e2e
 
 check: $(STAMP) lock-check
 	$(BIN)/ruff check agent tests bench deploy
