@@ -62,8 +62,7 @@ probes:
 # Everything on the box that `make install` may legitimately leave behind after
 # `make uninstall`: the journal, the goals, and what the tests themselves created.
 KEPT = re.compile(
-    r"^/(etc/setpoint(/.*)?|var/lib/setpoint(/.*)?|etc/systemd/system/e2e-[a-z]+\.service"
-    r"|root/\.cache(/.*)?)$"
+    r"^/(etc/setpoint(/.*)?|var/lib/setpoint(/.*)?|etc/systemd/system/e2e-\w+\.service)$"
 )
 SNAPSHOT = (
     "find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp"
