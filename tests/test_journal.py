@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sqlite3
 import sys
 import textwrap
@@ -19,8 +20,10 @@ from agent.core.inputs import ActionCompleted, GoalsLoaded, Input, Tick, UnitObs
 from agent.core.spec import GoalSet
 from agent.core.state import ServiceState, State
 from agent.errors import JournalCorrupt, JournalError, JournalLocked
-from agent.journal import store as journal_mod
-from agent.journal.store import Entry, Journal, StepFn
+from agent.journal import schema, sqlite
+from agent.journal.statedir import DB_NAME
+from agent.journal.store import Entry, Journal
+from agent.journal.verify import StepFn
 from tests.agentproc import ROOT
 from tests.corekit import service
 
@@ -88,7 +91,7 @@ async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
 
 def sql(path: Path, statement: str, *params: object) -> list[tuple[object, ...]]:
     """Run one statement on the journal file behind the agent's back."""
-    db = sqlite3.connect(path / "journal.db", isolation_level=None)
+    db = sqlite3.connect(path / DB_NAME, isolation_level=None)
     try:
         return db.execute(statement, params).fetchall()
     finally:
@@ -100,10 +103,10 @@ def sql(path: Path, statement: str, *params: object) -> list[tuple[object, ...]]
 
 async def test_new_journal_loads_empty(tmp_path: Path, journal: Journal) -> None:
     assert await journal.load() == (State(), 0)
-    assert (tmp_path / "journal.db").is_file()
+    assert (tmp_path / DB_NAME).is_file()
     assert (tmp_path / "lock").read_text().strip() == str(os.getpid())
     assert sql(tmp_path, "PRAGMA journal_mode") == [("wal",)]
-    assert not (tmp_path / "journal.db.new").exists()
+    assert not (tmp_path / f"{DB_NAME}.new").exists()
 
 
 async def test_commit_then_reopen_gives_the_same_state(tmp_path: Path, journal: Journal) -> None:
@@ -175,7 +178,7 @@ async def test_retention_bounds_the_file(tmp_path: Path) -> None:
         ) as j:
             state = await run(j, state, work, 50)
         assert state.pending == Map()
-        sizes.append((tmp_path / "journal.db").stat().st_size)
+        sizes.append((tmp_path / DB_NAME).stat().st_size)
     assert sql(tmp_path, "SELECT seq FROM snapshots ORDER BY seq") == [(5900,), (6000,)]
     assert sql(tmp_path, "SELECT min(seq), count(*) FROM entries") == [(5901, 100)]
     assert sizes[2] <= sizes[0] * 1.1, sizes
@@ -239,7 +242,7 @@ CHILD = textwrap.dedent(
     from agent.core.inputs import UnitObserved
     from agent.core.actions import UnitJob
     from agent.core.state import State
-    from agent.journal.store import Entry, Journal, StepFn
+    from agent.journal.store import Entry, Journal
 
     async def main() -> None:
         j = await Journal.open(Path(sys.argv[1]), snapshot_every=7)
@@ -299,12 +302,12 @@ async def test_busy_database_is_reported_as_locked(
     tmp_path: Path, journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await journal.close()
-    monkeypatch.setattr(journal_mod, "BUSY_TIMEOUT_MS", 50)
-    other = sqlite3.connect(tmp_path / "journal.db", isolation_level=None)
+    monkeypatch.setattr(sqlite, "BUSY_TIMEOUT_MS", 50)
+    other = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
     try:
         async with await Journal.open(tmp_path, step=fake_step) as j:
             other.execute("BEGIN IMMEDIATE")
-            with pytest.raises(JournalLocked, match=r"journal\.db: still busy"):
+            with pytest.raises(JournalLocked, match=f"{re.escape(DB_NAME)}: still busy"):
                 await j.commit([Entry(1.0, Tick(1.0), ())], State())
             other.execute("ROLLBACK")
             await j.commit([Entry(1.0, Tick(1.0), ())], State())
@@ -317,21 +320,21 @@ async def test_busy_database_is_reported_as_locked(
 
 
 async def _refused(tmp_path: Path, match: str) -> None:
-    before = (tmp_path / "journal.db").read_bytes()
+    before = (tmp_path / DB_NAME).read_bytes()
     for readonly in (False, True):
         with pytest.raises(JournalError, match=match) as err:
             await Journal.open(tmp_path, readonly=readonly)
-        assert str(tmp_path / "journal.db") in str(err.value)
-    assert (tmp_path / "journal.db").read_bytes() == before
+        assert str(tmp_path / DB_NAME) in str(err.value)
+    assert (tmp_path / DB_NAME).read_bytes() == before
 
 
 async def test_garbage_file_is_refused_and_untouched(tmp_path: Path) -> None:
-    (tmp_path / "journal.db").write_bytes(b"these are not the droids " * 400)
+    (tmp_path / DB_NAME).write_bytes(b"these are not the droids " * 400)
     await _refused(tmp_path, "not a database")
 
 
 async def test_empty_file_is_refused_and_untouched(tmp_path: Path) -> None:
-    (tmp_path / "journal.db").write_bytes(b"")
+    (tmp_path / DB_NAME).write_bytes(b"")
     await _refused(tmp_path, "not a setpoint journal")
 
 
@@ -343,7 +346,7 @@ async def test_foreign_database_is_refused(tmp_path: Path) -> None:
 async def test_truncated_journal_is_refused_and_untouched(tmp_path: Path) -> None:
     async with await Journal.open(tmp_path, step=fake_step) as j:
         await run(j, State(), observations(3000), batch=500)
-    db = tmp_path / "journal.db"
+    db = tmp_path / DB_NAME
     assert db.stat().st_size > 64 * 1024
     with db.open("r+b") as f:
         f.truncate(db.stat().st_size // 2)
@@ -358,16 +361,16 @@ async def test_future_schema_is_refused(tmp_path: Path) -> None:
     async with await Journal.open(tmp_path):
         pass
     sql(tmp_path, "PRAGMA user_version = 99")
-    known = journal_mod.SCHEMA_VERSION
-    await _refused(tmp_path, f"journal.db has schema version 99; this setpoint knows up to {known}")
+    known = schema.SCHEMA_VERSION
+    await _refused(tmp_path, f"{DB_NAME} has schema version 99; this setpoint knows up to {known}")
 
 
 async def test_unreadable_file_is_an_error(tmp_path: Path) -> None:
     async with await Journal.open(tmp_path):
         pass
-    (tmp_path / "journal.db").chmod(0)
+    (tmp_path / DB_NAME).chmod(0)
     if os.geteuid() != 0:
-        with pytest.raises(JournalError, match=r"journal\.db"):
+        with pytest.raises(JournalError, match=re.escape(DB_NAME)):
             await Journal.open(tmp_path)
         return
     # root reads any file: check as an unprivileged user instead, through the real CLI
@@ -378,7 +381,7 @@ async def test_unreadable_file_is_an_error(tmp_path: Path) -> None:
     )
     _, err = await proc.communicate()
     assert proc.returncode == 1, err
-    assert f"{tmp_path / 'journal.db'}" in err.decode() and "Traceback" not in err.decode()
+    assert f"{tmp_path / DB_NAME}" in err.decode() and "Traceback" not in err.decode()
 
 
 async def test_directory_is_created(tmp_path: Path) -> None:
@@ -466,7 +469,7 @@ async def test_a_journal_from_schema_1_is_migrated_and_keeps_verifying(tmp_path:
     async with await Journal.open(tmp_path, step=fake_step, logic=1) as j:
         assert await j.verify() == []
     assert sql(tmp_path, "SELECT first_seq, version FROM logic") == [(1, 1)]
-    assert sql(tmp_path, "PRAGMA user_version") == [(journal_mod.SCHEMA_VERSION,)]
+    assert sql(tmp_path, "PRAGMA user_version") == [(schema.SCHEMA_VERSION,)]
 
 
 async def test_new_entries_without_a_border_snapshot_are_reported(tmp_path: Path) -> None:
