@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 from immutables import Map
 
 from agent.core.actions import Action, Resync, UnitJob
+from agent.core.draft import evolve
 from agent.core.inputs import Input, Tick, UnitObserved
 from agent.core.spec import GoalSet, RestartPolicy
 from agent.core.state import ProbeState, ServiceState, State
+from agent.core.step import build_index
 from agent.errors import JournalCorrupt
 from agent.journal import codec
 
@@ -44,8 +46,9 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=list(Heal
 def _round_trip(value: object) -> None:
     data = codec.encode(value)
     assert codec.encode(codec.decode(data)) == data
-    if b"NaN" not in data:
-        assert codec.decode(data) == value
+    if b"NaN" not in data:  # a State's index is derived: decoding rebuilds it from its goals
+        want = evolve(value, index=build_index(value.goals)) if isinstance(value, State) else value
+        assert codec.decode(data) == want
     canonical = json.dumps(json.loads(data), sort_keys=True, separators=(",", ":"))
     assert canonical.encode() == data
 

@@ -6,7 +6,16 @@ from dataclasses import replace
 
 import pytest
 
-from agent.core.actions import Action, Log, Resync, RunEffect, SendAlert, TrackedAction, UnitJob
+from agent.core.actions import (
+    Action,
+    Log,
+    Owner,
+    Resync,
+    RunEffect,
+    SendAlert,
+    TrackedAction,
+    UnitJob,
+)
 from agent.core.inputs import (
     ActionCompleted,
     GoalsRejected,
@@ -298,7 +307,7 @@ def test_stale_or_duplicate_results_are_ignored() -> None:
     h.feed(ActionCompleted(job, True, 2))
     after = h.state
     h.feed(ActionCompleted(job, True, 3))
-    assert h.state.pending == after.pending and h.state.completed == after.completed
+    assert h.state.pending == after.pending and h.state == after
 
 
 def test_reload_keeps_state_and_a_changed_spec_clears_give_up() -> None:
@@ -575,7 +584,9 @@ def group_harness(switch_after: int = 2, auto_restore: bool = True) -> Harness:
 
 
 def route_targets(actions: list[TrackedAction]) -> list[str]:
-    return [a.target for a in actions if isinstance(a, RunEffect) and a.owner == "group:db"]
+    return [
+        a.target for a in actions if isinstance(a, RunEffect) and a.owner == Owner("group", "db")
+    ]
 
 
 def result(h: Harness, member: str, ok: bool, latency: float, at: float) -> list[TrackedAction]:

@@ -18,14 +18,14 @@ import pytest
 
 from tests.agentproc import AgentProcess, cli, journal_rows, status
 
-STAGES = 16
+STAGES = 24
 EFFECT = """
 import os, sys, time, random
 out = sys.argv[1]
 action = os.environ["SETPOINT_ACTION_ID"]
 with open(os.path.join(out, "runs.log"), "a") as f:
     f.write(action + "\\n")
-time.sleep(random.uniform(0.1, 0.3))
+time.sleep(random.uniform(0.2, 0.5))
 marker = os.path.join(out, "done-" + sys.argv[2])
 if not os.path.exists(marker):
     tmp = marker + ".tmp" + action
@@ -74,7 +74,10 @@ def test_sigkill_at_random_points_loses_nothing_and_repeats_nothing(tmp_path: Pa
         assert time.monotonic() < deadline, "the chain did not finish"
         with AgentProcess(goals, state, bus="none") as agent:
             agent.wait_started()
-            time.sleep(rng.uniform(0.1, 0.5))
+            started, waited = _runs(out), time.monotonic() + 5
+            while _runs(out) == started and time.monotonic() < waited:
+                time.sleep(0.01)  # cheap: the next effect starting (none comes once done)
+            time.sleep(rng.uniform(0.0, 0.6))  # mid-effect (each sleeps 0.2-0.5 s) or just after
             if _chain_finished(state):
                 agent.stop()
                 break
@@ -90,6 +93,11 @@ def test_sigkill_at_random_points_loses_nothing_and_repeats_nothing(tmp_path: Pa
     assert len(repeated) <= kills, "re-runs happen only for actions in flight at a kill"
     result = cli("journal", "verify", "--state-dir", str(state))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _runs(out: Path) -> int:
+    log = out / "runs.log"
+    return len(log.read_text().split()) if log.exists() else 0
 
 
 def _chain_finished(state: Path) -> bool:

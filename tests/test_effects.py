@@ -9,16 +9,17 @@ import time
 import pytest
 
 from agent.adapters.effects.exec import OUTPUT_LIMIT, run_exec
-from agent.core.actions import RunEffect, TrackedAction
+from agent.core.actions import Owner, RunEffect, TrackedAction
 from agent.core.inputs import ActionCompleted, Input
 from agent.core.spec import Effect
 from agent.errors import PermanentError, TransientError
 from agent.runtime.lanes import Lanes, RetryPolicy
+from tests.agentproc import wait_until_async
 
 
 def exec_action(*argv: str, timeout: float = 10.0, target: str = "", **env: str) -> RunEffect:
     effect = Effect("exec", argv=argv, timeout=timeout, env=tuple(env.items()))
-    return RunEffect(1, effect, "domain:test", "T", target)
+    return RunEffect(1, effect, Owner("domain", "test"), "T", target)
 
 
 async def test_exec_captures_output_and_passes_env_and_target() -> None:
@@ -54,7 +55,9 @@ async def test_exec_output_is_bounded_to_its_tail() -> None:
     assert len(out) == OUTPUT_LIMIT and out.endswith("END")
 
 
-class Recorder:
+class CompletionRecorder:
+    """Records the ActionCompleted inputs the lanes submit; lets a test wait for them."""
+
     def __init__(self) -> None:
         self.results: list[ActionCompleted] = []
         self.event = asyncio.Event()
@@ -64,22 +67,23 @@ class Recorder:
         self.results.append(inp)
         self.event.set()
 
-    async def wait(self, count: int, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.results) < count:
-                self.event.clear()
-                await self.event.wait()
+    async def wait(self, count: int, timeout: float = 30.0) -> None:
+        await wait_until_async(
+            lambda: len(self.results) >= count, timeout, f"{count} results", wake=self.event
+        )
 
 
 def alert(action_id: int, sink: str = "pager") -> RunEffect:
-    return RunEffect(action_id, Effect("alert", sink=sink, summary="x"), "domain:d", "Page")
+    return RunEffect(
+        action_id, Effect("alert", sink=sink, summary="x"), Owner("domain", "d"), "Page"
+    )
 
 
 FAST = RetryPolicy(attempts=4, initial=0.01, maximum=0.02)
 
 
 async def test_transient_failures_retry_then_succeed() -> None:
-    rec, calls = Recorder(), []
+    rec, calls = CompletionRecorder(), []
 
     async def flaky(action: TrackedAction) -> str:
         calls.append(action.id)
@@ -101,7 +105,7 @@ async def test_transient_failures_retry_then_succeed() -> None:
 
 
 async def test_permanent_failure_is_not_retried_and_exhaustion_reports_failure() -> None:
-    rec, calls = Recorder(), []
+    rec, calls = CompletionRecorder(), []
 
     async def broken(action: TrackedAction) -> str:
         calls.append(action.id)
@@ -122,7 +126,7 @@ async def test_permanent_failure_is_not_retried_and_exhaustion_reports_failure()
 
 
 async def test_a_stuck_lane_never_delays_another() -> None:
-    rec = Recorder()
+    rec = CompletionRecorder()
     release = asyncio.Event()
 
     async def pager(action: TrackedAction) -> str:
@@ -133,7 +137,7 @@ async def test_a_stuck_lane_never_delays_another() -> None:
     lanes.register("alert", pager, FAST)
     lanes.register("exec", run_exec, FAST)
     lanes.dispatch(alert(1))
-    lanes.dispatch(RunEffect(2, Effect("exec", argv=("true",)), "domain:d", "Failover"))
+    lanes.dispatch(RunEffect(2, Effect("exec", argv=("true",)), Owner("domain", "d"), "Failover"))
     await rec.wait(1)
     assert [r.action_id for r in rec.results] == [2]
     release.set()
@@ -142,18 +146,20 @@ async def test_a_stuck_lane_never_delays_another() -> None:
 
 
 async def test_unknown_lane_fails_permanently_and_duplicates_are_ignored() -> None:
-    rec = Recorder()
+    rec = CompletionRecorder()
     lanes = Lanes(rec.submit, time.time)
-    lanes.dispatch(RunEffect(5, Effect("mqtt", topic="t"), "domain:d", "T"))
-    lanes.dispatch(RunEffect(5, Effect("mqtt", topic="t"), "domain:d", "T"))
-    await rec.wait(1)
-    await asyncio.sleep(0.05)
-    assert len(rec.results) == 1
+    lanes.dispatch(RunEffect(5, Effect("mqtt", topic="t"), Owner("domain", "d"), "T"))
+    lanes.dispatch(RunEffect(5, Effect("mqtt", topic="t"), Owner("domain", "d"), "T"))
+    # The marker: an action dispatched after the duplicate, on the same lane. Tasks run in
+    # the order they were created, so a duplicate run would have reported before it.
+    lanes.dispatch(RunEffect(6, Effect("mqtt", topic="t"), Owner("domain", "d"), "T"))
+    await rec.wait(2)
+    assert [r.action_id for r in rec.results] == [5, 6]
     assert rec.results[0].permanent and "no executor for lane 'mqtt'" in rec.results[0].detail
 
 
 async def test_concurrency_is_bounded_per_lane() -> None:
-    rec = Recorder()
+    rec = CompletionRecorder()
     gate = asyncio.Event()
 
     async def slow(action: TrackedAction) -> str:
@@ -168,7 +174,7 @@ async def test_concurrency_is_bounded_per_lane() -> None:
     lanes.register("exec", quick, FAST)
     lanes.dispatch(alert(1))
     lanes.dispatch(alert(2))
-    lanes.dispatch(RunEffect(3, Effect("exec", argv=("true",)), "domain:d", "T"))
+    lanes.dispatch(RunEffect(3, Effect("exec", argv=("true",)), Owner("domain", "d"), "T"))
     await rec.wait(1)
     assert [r.action_id for r in rec.results] == [3]
     gate.set()
@@ -176,7 +182,7 @@ async def test_concurrency_is_bounded_per_lane() -> None:
 
 
 async def test_a_crashing_executor_is_reported_not_lost() -> None:
-    rec = Recorder()
+    rec = CompletionRecorder()
 
     async def buggy(action: TrackedAction) -> str:
         raise KeyError("oops")

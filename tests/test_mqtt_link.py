@@ -10,7 +10,7 @@ import pytest
 
 from agent.adapters.mqtt.config import MqttConfig
 from agent.adapters.mqtt.link import MqttLink
-from agent.core.actions import RunEffect
+from agent.core.actions import Owner, RunEffect
 from agent.core.inputs import GoalsLoaded
 from agent.core.spec import Effect, GoalSet
 from agent.core.state import State
@@ -36,7 +36,7 @@ async def test_publish_without_a_broker_is_transient() -> None:
     try:
         with pytest.raises(TransientError, match="not connected"):
             await link.publish("setpoint/h/x", b"1", wait=0.2)
-        effect = RunEffect(1, Effect("mqtt", topic="a/#"), "domain:D", "T")
+        effect = RunEffect(1, Effect("mqtt", topic="a/#"), Owner("domain", "D"), "T")
         with pytest.raises(PermanentError, match="invalid MQTT topic"):
             await link.effect(effect)
     finally:
@@ -57,8 +57,8 @@ async def test_link_publishes_state_effects_and_goes_offline(mosquitto: Mosquitt
     try:
         assert await link.wait_connected(10)
         await wait_for(lambda: watch.doc(f"setpoint/{host}/services/web") is not None)
-        route = RunEffect(2, Effect("mqtt", topic="r/{target}", payload="to {target}"), "group:g",
-                          "route", host)  # fmt: skip
+        effect = Effect("mqtt", topic="r/{target}", payload="to {target}")
+        route = RunEffect(2, effect, Owner("group", "g"), "route", host)
         assert await link.effect(route) == f"published to r/{host}"
         await wait_for(lambda: watch.payload(f"r/{host}") == f"to {host}".encode())
         assert watch.last(f"r/{host}").retain is False  # type: ignore[union-attr] # live

@@ -154,7 +154,7 @@ def check(world: World, before: State, inp: Input, new_actions: list[TrackedActi
     assert len(units) == len(set(units)), f"two jobs in flight on one unit: {units}"
     for action in new_actions:
         if isinstance(action, RunEffect):
-            assert not state.domains[action.owner[7:]].satisfied, "a satisfied goal emitted"
+            assert not state.domains[action.owner.name].satisfied, "a satisfied goal emitted"
     assert world.replica == state, "replaying the journaled input gave another state"
 
 

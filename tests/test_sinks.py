@@ -20,7 +20,7 @@ from agent.adapters.alerts.sinks import Sinks, alertmanager_body, rfc3339, sign
 from agent.adapters.mqtt import config as mqtt_config
 from agent.adapters.mqtt.commands import CommandPolicy, authorise, reply
 from agent.adapters.mqtt.projection import Projection
-from agent.core.actions import Alert, RunEffect, SendAlert
+from agent.core.actions import Alert, Owner, RunEffect, SendAlert
 from agent.core.alerts import effect_alert
 from agent.core.inputs import GoalsLoaded, UnitObserved
 from agent.core.spec import AlertSink, Effect, GoalSet
@@ -130,7 +130,7 @@ async def test_unreachable_sink_is_transient_bad_config_permanent() -> None:
 
 def alert_effect(sink: str = "", target: str = "") -> RunEffect:
     effect = Effect("alert", sink=sink, severity="critical", summary="route now {target}")
-    owner = "group:db" if target else "domain:Routing"
+    owner = Owner("group", "db") if target else Owner("domain", "Routing")
     return RunEffect(5, effect, owner, "route" if target else "Page", target)
 
 

@@ -26,12 +26,23 @@ class UnitJob:
 
 
 @dataclass(frozen=True)
+class Owner:
+    """Whose effect it is: a domain's transition or a failover group's route change."""
+
+    kind: Literal["domain", "group"]
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True)
 class RunEffect:
     """Run a goal-defined effect for a domain transition or a route change (lane = effect kind)."""
 
     id: int
     effect: Effect
-    owner: str
+    owner: Owner
     reason: str
     target: str = ""
     fence: int = 0

@@ -19,7 +19,7 @@ from enum import StrEnum
 
 from immutables import Map
 
-from agent.core.actions import Alert, RunEffect, SendAlert
+from agent.core.actions import Alert, Owner, RunEffect, SendAlert
 from agent.core.draft import Draft, evolve
 from agent.core.lifecycle import UP
 from agent.core.spec import AlertSink, DomainSpec, Scalar, Severity, Transition
@@ -45,6 +45,11 @@ class Builtin(StrEnum):
     ROUTE_CHANGED = "RouteChanged"
     CLUSTER_UNAVAILABLE = "ClusterUnavailable"
     CLUSTER_GOALS_DIFFER = "ClusterGoalsDiffer"
+
+
+def fingerprint(name: str, subject: str) -> str:
+    """What identifies an alert across firing and resolved: its name and subject."""
+    return f"{name}:{subject}"
 
 
 RETRY_AFTER = 30.0
@@ -78,7 +83,7 @@ def service_rules(draft: Draft, name: str, svc: ServiceState, now: float) -> Non
         ("ServiceUnhealthy", unhealthy and svc.active in UP, "warning"),
     )  # fmt: skip
     for rule, active, severity in rules:
-        if active or f"{rule}:{name}" in draft.alerts:
+        if active or fingerprint(rule, name) in draft.alerts:
             summary = _summary(rule, name, svc, held, thrash, spec.thrash_window)
             set_alert(draft, rule, name, active, severity, summary, now)
 
@@ -103,7 +108,9 @@ _SERVICE_RULES = (
 
 
 def _any_for(draft: Draft, subject: str) -> bool:
-    return bool(draft.alerts) and any(f"{r}:{subject}" in draft.alerts for r in _SERVICE_RULES)
+    return bool(draft.alerts) and any(
+        fingerprint(r, subject) in draft.alerts for r in _SERVICE_RULES
+    )
 
 
 def domain_rule(draft: Draft, name: str, now: float) -> None:
@@ -119,7 +126,7 @@ def set_alert(
     now: float,
 ) -> None:  # fmt: skip
     """Fire or resolve an alert; only changes reach the sinks."""
-    key = f"{rule}:{subject}"
+    key = fingerprint(rule, subject)
     old = draft.alerts.get(key)
     if old is None and not active:
         return
@@ -143,14 +150,15 @@ def _announce(draft: Draft, alert: Alert, subject: str, sinks: Iterable[str], no
 
 def effect_alert(action: RunEffect, now: float) -> Alert:
     """The alert an alert effect announces, firing; it expires unless kept firing."""
-    kind, _, subject = action.owner.partition(":")
-    name = "RouteChanged" if kind == "group" else action.reason
+    subject = action.owner.name
+    name = Builtin.ROUTE_CHANGED.value if action.owner.kind == "group" else action.reason
     labels = [("alertname", name), ("severity", action.effect.severity), ("subject", subject)]
     if action.target:
         labels.append(("target", action.target))
     summary = action.fill(action.effect.summary)
-    return Alert(f"{name}:{subject}", name, tuple(labels), summary, action.effect.severity, True,
-                 now, now + EXPIRY)  # fmt: skip
+    severity = action.effect.severity
+    key = fingerprint(name, subject)
+    return Alert(key, name, tuple(labels), summary, severity, True, now, now + EXPIRY)
 
 
 def hold_effect_alert(draft: Draft, domain: str, tr: Transition, now: float) -> None:
@@ -167,7 +175,7 @@ def hold_effect_alert(draft: Draft, domain: str, tr: Transition, now: float) -> 
     if not sinks:
         return
     effect = next(fx for fx in tr.effects if fx.kind == "alert")
-    alert = effect_alert(RunEffect(0, effect, f"domain:{domain}", tr.name), now)
+    alert = effect_alert(RunEffect(0, effect, Owner("domain", domain), tr.name), now)
     _record(draft, alert, {s.name: now + _repeat(s) for s in sinks})
 
 
@@ -191,7 +199,7 @@ def release_effect_alerts(draft: Draft, domain: str, spec: DomainSpec, now: floa
         return
     values = draft.domains[domain].values
     for tr in spec.transitions:
-        held = draft.alerts.get(f"{tr.name}:{domain}")
+        held = draft.alerts.get(fingerprint(tr.name, domain))
         if held is None or not held.alert.firing:
             continue
         if not _holding(tr) or not _holds(tr.assign, values):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from immutables import Map
 
 from agent.core import alerts, cluster
-from agent.core.actions import RunEffect
+from agent.core.actions import Owner, RunEffect
 from agent.core.draft import Draft, evolve
 from agent.core.expr import ExprError, evaluate, references
 from agent.core.lifecycle import UP
@@ -166,7 +166,7 @@ def _fire(
         fired.update(tr.assign)
         draft.log("info", f"transition {tr.name} applied", name)
         return in_flight
-    owner = f"domain:{name}"
+    owner = Owner("domain", name)
     fence = draft.cluster.fence if draft.domain_spec(name).scope == "cluster" else 0
     track = draft.track_cluster if fence else draft.track
     ids = tuple(track(_effect_maker(effect, owner, tr.name, fence)) for effect in tr.effects)
@@ -175,7 +175,7 @@ def _fire(
 
 
 def _effect_maker(
-    effect: Effect, owner: str, reason: str, fence: int
+    effect: Effect, owner: Owner, reason: str, fence: int
 ) -> Callable[[int], RunEffect]:
     return lambda action_id: RunEffect(action_id, effect, owner, reason, fence=fence)
 

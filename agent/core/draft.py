@@ -25,7 +25,6 @@ class Draft:
         self.alerts = state.alerts
         self.groups = state.groups
         self.next_id = state.next_id
-        self.completed = state.completed
         self.maintenance = state.maintenance
         self.cluster = state.cluster
         self.actions: list[Action] = []
@@ -97,7 +96,6 @@ class Draft:
             alerts=self.alerts,
             groups=self.groups,
             next_id=self.next_id,
-            completed=self.completed,
             maintenance=self.maintenance,
             cluster=self.cluster,
         )

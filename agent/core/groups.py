@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from agent.core import alerts
-from agent.core.actions import RunEffect
+from agent.core.actions import Owner, RunEffect
 from agent.core.draft import Draft, evolve
 from agent.core.spec import Effect, FailoverGroup
 from agent.core.state import GroupState
@@ -83,12 +83,12 @@ def _apply(
         return state
     if not group.effects:
         return evolve(state, applied=state.route)
-    owner = f"group:{name}"
+    owner = Owner("group", name)
     ids = tuple(draft.track(_maker(e, owner, state.route)) for e in group.effects)
     return evolve(state, in_flight=ids, target=state.route, done=())
 
 
-def _maker(effect: Effect, owner: str, target: str) -> Callable[[int], RunEffect]:
+def _maker(effect: Effect, owner: Owner, target: str) -> Callable[[int], RunEffect]:
     return lambda action_id: RunEffect(action_id, effect, owner, "route", target)
 
 

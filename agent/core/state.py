@@ -165,7 +165,8 @@ class State:
     """Everything `step` needs and nothing it does not."""
 
     goals: GoalSet = field(default_factory=GoalSet)
-    index: Index = field(default_factory=Index)
+    index: Index = field(default_factory=Index, metadata={"derived": True})
+    """Derived from `goals` (build_index): never stored, rebuilt when a state is decoded."""
     services: Map[str, ServiceState] = field(default_factory=Map)
     probes: Map[str, ProbeState] = field(default_factory=Map)
     domains: Map[str, DomainState] = field(default_factory=Map)
@@ -173,6 +174,5 @@ class State:
     alerts: Map[str, AlertState] = field(default_factory=Map)
     groups: Map[str, GroupState] = field(default_factory=Map)
     next_id: int = 1
-    completed: int = 0
     maintenance: bool = False
     cluster: ClusterState = field(default_factory=ClusterState)

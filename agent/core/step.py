@@ -9,10 +9,13 @@ skip journaling it.
 
 from __future__ import annotations
 
+from typing import assert_never
+
 from immutables import Map
 
 from agent.core import alerts, cluster, domains, groups, probes, services
 from agent.core.actions import Action, Resync, RunEffect, SendAlert, TrackedAction, UnitJob
+from agent.core.alerts import Builtin, fingerprint
 from agent.core.draft import Draft, evolve
 from agent.core.expr import references
 from agent.core.inputs import (
@@ -133,7 +136,7 @@ def _tick(draft: Draft, now: float) -> None:
     for name, dom in draft.domains.items():
         if not dom.satisfied:
             domains.evaluate_domain(draft, name, now)
-        if not dom.satisfied or f"GoalBroken:{name}" in draft.alerts:
+        if not dom.satisfied or fingerprint(Builtin.GOAL_BROKEN, name) in draft.alerts:
             alerts.domain_rule(draft, name, now)
     groups.tick(draft, now)
 
@@ -144,7 +147,6 @@ def _action_completed(draft: Draft, done: ActionCompleted) -> None:
         draft.log("debug", f"result for unknown or finished action {done.action_id} ignored")
         return
     draft.pending = draft.pending.delete(done.action_id)
-    draft.completed += 1
     if isinstance(action, UnitJob):
         name = draft.index.unit_to_service.get(action.unit)
         if name is not None and draft.services[name].job == action.id:
@@ -155,10 +157,10 @@ def _action_completed(draft: Draft, done: ActionCompleted) -> None:
             _after_service_change(draft, name, old, done.at)
     elif isinstance(action, SendAlert):
         alerts.delivered(draft, action, done.ok, done.at)
-    elif isinstance(action, RunEffect) and action.owner.startswith("group:"):
-        groups.effect_done(draft, action.owner[6:], action.id, done.ok, done.at)
-    elif isinstance(action, RunEffect) and action.owner.startswith("domain:"):
-        domains.effect_done(draft, action.owner[7:], action.reason, action.id, done.ok, done.at)
+    elif isinstance(action, RunEffect) and action.owner.kind == "group":
+        groups.effect_done(draft, action.owner.name, action.id, done.ok, done.at)
+    elif isinstance(action, RunEffect):
+        domains.effect_done(draft, action.owner.name, action.reason, action.id, done.ok, done.at)
     if not done.ok:
         draft.log("warning", f"action {done.action_id} failed: {done.detail[:200]}")
 
@@ -167,20 +169,28 @@ def _command(draft: Draft, cmd: OperatorCommand) -> None:
     if cmd.target and cmd.target not in draft.services:
         draft.log("error", f"command {cmd.command}: no service named {cmd.target!r}")
         return
-    if cmd.command == "resync":
-        draft.actions.append(Resync())
-    elif cmd.command == "reset":
-        for name in [cmd.target] if cmd.target else list(draft.services.keys()):
-            services.reset(draft, name, cmd.at)
-            services.reconcile(draft, name, cmd.at)
-    elif cmd.target:
-        on = cmd.command == "maintenance_on"
-        draft.set_service(cmd.target, evolve(draft.services[cmd.target], maintenance=on))
-        services.reconcile(draft, cmd.target, cmd.at)
-    else:
-        draft.maintenance = cmd.command == "maintenance_on"
-        _tick(draft, cmd.at)
+    match cmd.command:
+        case "resync":
+            draft.actions.append(Resync())
+        case "reset":
+            for name in [cmd.target] if cmd.target else list(draft.services.keys()):
+                services.reset(draft, name, cmd.at)
+                services.reconcile(draft, name, cmd.at)
+        case "maintenance_on" | "maintenance_off":
+            _maintenance(draft, cmd.target, cmd.command == "maintenance_on", cmd.at)
+        case _:
+            assert_never(cmd.command)
     draft.log("info", f"operator command {cmd.command} {cmd.target}".strip())
+
+
+def _maintenance(draft: Draft, target: str, on: bool, at: float) -> None:
+    """Observe only, never act: one service (`target`) or the whole agent."""
+    if target:
+        draft.set_service(target, evolve(draft.services[target], maintenance=on))
+        services.reconcile(draft, target, at)
+    else:
+        draft.maintenance = on
+        _tick(draft, at)
 
 
 def _retry_denied(draft: Draft, at: float) -> None:

@@ -32,6 +32,8 @@ from typing import Any
 from immutables import Map
 
 from agent.core import actions, inputs, spec, state
+from agent.core.draft import evolve
+from agent.core.step import build_index
 from agent.errors import JournalCorrupt
 
 CORE_MODULES: tuple[ModuleType, ...] = (spec, inputs, actions, state)
@@ -173,6 +175,8 @@ def _make_plan(cls: type) -> _Plan:
         raise TypeError(f"{cls.__qualname__} is not a core dataclass; the codec cannot encode it")
     fields = []
     for f in sorted(dataclasses.fields(cls), key=lambda f: f.name):
+        if f.metadata.get("derived"):
+            continue  # rebuilt on decode (see _rebuild)
         default = _default(f)
         kind = _kind(default)
         text = _enc(default) if kind == _DEEP else ""
@@ -325,6 +329,40 @@ def _build(name: Any, fields: dict[str, Any]) -> Any:
     shape = _shape(name) if isinstance(name, str) else None
     if shape is None:
         raise JournalCorrupt(f"unknown type {name!r} in journal data (from a newer setpoint?)")
+    if name in _UPGRADES:
+        _UPGRADES[name](fields)
+    obj = _construct(name, shape, fields)
+    return _rebuild(obj) if name == "State" else obj
+
+
+def _upgrade_run_effect(fields: dict[str, Any]) -> None:
+    """Journals before logic 4 stored a RunEffect's owner as "domain:<name>" / "group:<name>"."""
+    owner = fields.get("owner")
+    if isinstance(owner, str):
+        kind, _, name = owner.partition(":")
+        fields["owner"] = actions.Owner("group" if kind == "group" else "domain", name)
+
+
+def _upgrade_state(fields: dict[str, Any]) -> None:
+    """Journals before logic 4 stored derived data in a State (index) and a counter nobody read."""
+    fields.pop("index", None)
+    fields.pop("completed", None)
+
+
+_UPGRADES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "RunEffect": _upgrade_run_effect,
+    "State": _upgrade_state,
+}
+
+
+def _rebuild(obj: Any) -> Any:
+    """A decoded State with its derived index rebuilt from its goals."""
+    if not isinstance(obj, state.State):
+        return obj
+    return evolve(obj, index=build_index(obj.goals))
+
+
+def _construct(name: str, shape: _Shape, fields: dict[str, Any]) -> Any:
     for key, value in fields.items():
         if type(value) is list:
             fields[key] = _tup(value)

@@ -51,7 +51,7 @@ def action_subjects(action: Action) -> Iterable[str]:
     if isinstance(action, UnitJob):
         return (action.unit, action.service)
     if isinstance(action, RunEffect):
-        return (action.owner, action.owner.partition(":")[2], action.target)
+        return (str(action.owner), action.owner.name, action.target)
     if isinstance(action, SendAlert):
         return (value for _, value in action.alert.labels)
     return (getattr(action, "subject", ""),)
