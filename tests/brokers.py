@@ -195,7 +195,7 @@ def publish(port: int, topic: str, payload: bytes, *, qos: int = 1, retain: bool
     client.loop_stop()
 
 
-class Recorder:
+class PostRecorder:
     """An HTTP server recording every POST (headers, body); answers `status`."""
 
     def __init__(self, port: int, status: int = 200) -> None:
@@ -238,7 +238,7 @@ class Alertmanager:
             "    webhook_configs:\n"
             f"      - url: http://127.0.0.1:{self.receiver_port}/\n        send_resolved: true\n"
         )
-        self.receiver = Recorder(self.receiver_port)
+        self.receiver = PostRecorder(self.receiver_port)
         self.log = workdir / "alertmanager.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(

@@ -20,10 +20,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.agentproc import wait_until
 from tests.needs import unavailable
 
 SYSTEMD = "/lib/systemd/systemd"
@@ -160,8 +160,8 @@ class SystemdUser:
 
     def _wait_ready(self, timeout: float) -> None:
         """Until `busctl --user list` shows systemd1 owned by a process (not activatable)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def on_the_bus() -> bool:
             if self.proc.poll() is not None:
                 raise SystemdUnavailable(
                     f"systemd --user exited with {self.proc.returncode}: {self.log_tail()}"
@@ -170,12 +170,15 @@ class SystemdUser:
                 ["busctl", "--user", "list", "--no-legend", "--no-pager"],
                 env=self.env, capture_output=True, text=True, timeout=10, check=False,
             )  # fmt: skip
-            for line in out.stdout.splitlines():
-                fields = line.split()
-                if fields[:1] == ["org.freedesktop.systemd1"] and fields[1].isdigit():
-                    return
-            time.sleep(0.05)
-        raise SystemdUnavailable(f"systemd --user not on its bus after {timeout}s")
+            return any(
+                fields[:1] == ["org.freedesktop.systemd1"] and fields[1].isdigit()
+                for fields in (line.split() for line in out.stdout.splitlines())
+            )
+
+        try:
+            wait_until(on_the_bus, timeout, "systemd --user on its bus", every=0.05)
+        except AssertionError as err:
+            raise SystemdUnavailable(str(err)) from None
 
     def log_tail(self, lines: int = 20) -> str:
         """The end of the manager's own log."""
@@ -216,14 +219,16 @@ class SystemdUser:
 
     def wait_for(self, unit: str, state: str, timeout: float = 10.0) -> None:
         """Wait until the unit's ActiveState is `state`; AssertionError on timeout."""
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            last = self.active_state(unit)
-            if last == state:
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"{unit} not {state} within {timeout}s (last {last!r})")
+        last = [""]
+
+        def reached() -> bool:
+            last[0] = self.active_state(unit)
+            return last[0] == state
+
+        try:
+            wait_until(reached, timeout, f"{unit} to be {state}")
+        except AssertionError as err:
+            raise AssertionError(f"{err} (last {last[0]!r})") from None
 
     # -- teardown ----------------------------------------------------------------------------
 
@@ -274,17 +279,23 @@ class SystemdUser:
 
     def _kill(self, procs: set[Proc], timeout: float = 5.0) -> None:
         """SIGKILL `procs` (and anything in our cgroups) and wait until they are gone."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            procs = {p for p in procs if alive(p)}
-            procs |= {(pid, s) for pid in self._cgroup_pids() if (s := _start_time(pid))}
-            if not procs:
-                return
-            for pid, _ in procs:
+        left = set(procs)
+
+        def gone() -> bool:
+            nonlocal left
+            left = {p for p in left if alive(p)}
+            left |= {(pid, s) for pid in self._cgroup_pids() if (s := _start_time(pid))}
+            for pid, _ in left:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
-        raise RuntimeError(f"processes of the private manager survived SIGKILL: {procs}")
+            return not left
+
+        try:
+            wait_until(gone, timeout, "the processes to die", every=0.05)
+        except AssertionError:
+            raise RuntimeError(
+                f"processes of the private manager survived SIGKILL: {left}"
+            ) from None
 
     def _remove_cgroups(self) -> None:
         """Remove our cgroup subtrees, deepest first."""

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tests.agentproc import AgentProcess, free_port, status, wait_until
-from tests.brokers import Alertmanager, Recorder
+from tests.brokers import Alertmanager, PostRecorder
 
 
 def host_name() -> str:
@@ -91,8 +91,11 @@ def test_webhook_down_then_up_receives_what_it_missed(tmp_path: Path) -> None:
         wait_until(lambda: "will retry" in agent.output(), 15, "the delivery to be retried")
         reload(agent, goals, good)  # resolved while the sink is still down
         wait_until(lambda: "GoalsInvalid resolved" in agent.output(), 10, "the resolution")
-        time.sleep(1.0)
-        hook = Recorder(port)  # the sink comes up
+        wait_until(  # the sink stays down through a retry after the resolution
+            lambda: "will retry" in agent.output().split("GoalsInvalid resolved", 1)[1], 30,
+            "a failed retry after the resolution",
+        )  # fmt: skip
+        hook = PostRecorder(port)  # the sink comes up
         try:
             wait_until(lambda: len(hook.posts) >= 1, 60, "the missed alert")
             wait_until(lambda: not status(state)["pending"], 60, "every delivery settled")
@@ -121,7 +124,7 @@ def test_pending_alert_survives_an_agent_restart(tmp_path: Path) -> None:
         assert agent.stop() == 0
     assert [p for p in status(state)["pending"] if "GoalsInvalid firing to hook" in p]
     goals.write_text(good)  # fixed while the agent was down: it resolves at start
-    hook = Recorder(port)
+    hook = PostRecorder(port)
     try:
         with AgentProcess(goals, state, extra=extra) as agent:
             wait_until(lambda: len(hook.posts) >= 2, 20, "the alert after the restart")
@@ -164,7 +167,7 @@ def test_alert_effect_reaches_every_sink_before_the_domain_moves_on(tmp_path: Pa
     )
     goals.write_text(PAGING.format(sinks=sinks))
     state = tmp_path / "state"
-    first, second = Recorder(up_port), None
+    first, second = PostRecorder(up_port), None
     try:
         with AgentProcess(goals, state, extra=("--hostname", host)) as agent:
             agent.wait_started()
@@ -175,9 +178,11 @@ def test_alert_effect_reaches_every_sink_before_the_domain_moves_on(tmp_path: Pa
                 "alertname": "Page", "severity": "critical", "subject": "Paging", "host": host,
             }  # fmt: skip
             assert doc["summary"] == "gate is down"
-            time.sleep(1.0)
-            assert paged(state) is False  # sink b has not accepted it yet
-            second = Recorder(down_port)
+            # A second post to sink a is the effect's retry: its first attempt ended and did
+            # not count as done, since sink b refused it. The domain has not moved on.
+            wait_until(lambda: len(first.posts) >= 2, 30, "the page to be retried")
+            assert paged(state) is False
+            second = PostRecorder(down_port)
             wait_until(lambda: paged(state) is True, 30, "the effect to succeed on both sinks")
             assert second.bodies()[-1]["labels"]["alertname"] == "Page"
             assert agent.stop() == 0

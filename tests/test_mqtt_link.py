@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 
 import pytest
 
@@ -16,17 +15,9 @@ from agent.core.spec import Effect, GoalSet
 from agent.core.state import State
 from agent.core.step import step
 from agent.errors import PermanentError, TransientError
-from tests.agentproc import free_port
+from tests.agentproc import free_port, wait_until_async
 from tests.brokers import Mosquitto, Watcher
 from tests.corekit import service
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.02)
 
 
 async def test_publish_without_a_broker_is_transient() -> None:
@@ -56,14 +47,20 @@ async def test_link_publishes_state_effects_and_goes_offline(mosquitto: Mosquitt
     task = asyncio.create_task(link.run(stop), name="mqtt")
     try:
         assert await link.wait_connected(10)
-        await wait_for(lambda: watch.doc(f"setpoint/{host}/services/web") is not None)
+        await wait_until_async(
+            lambda: watch.doc(f"setpoint/{host}/services/web") is not None, 30, "the state"
+        )
         effect = Effect("mqtt", topic="r/{target}", payload="to {target}")
         route = RunEffect(2, effect, Owner("group", "g"), "route", host)
         assert await link.effect(route) == f"published to r/{host}"
-        await wait_for(lambda: watch.payload(f"r/{host}") == f"to {host}".encode())
+        await wait_until_async(
+            lambda: watch.payload(f"r/{host}") == f"to {host}".encode(), 30, "the effect"
+        )
         assert watch.last(f"r/{host}").retain is False  # type: ignore[union-attr] # live
     finally:
         stop.set()
         await task
-    await wait_for(lambda: watch.payload(f"setpoint/{host}/status") == b"offline")
+    await wait_until_async(
+        lambda: watch.payload(f"setpoint/{host}/status") == b"offline", 30, "offline status"
+    )
     await asyncio.to_thread(watch.close)

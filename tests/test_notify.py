@@ -4,6 +4,7 @@ and the real agent process notifying a socket the test owns."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import signal
@@ -19,7 +20,7 @@ from agent.core.spec import GoalSet, ServiceSpec
 from agent.core.state import State
 from agent.core.step import step
 from agent.interfaces.sd_notify import Notifier, status_line, watchdog_interval
-from tests.agentproc import AgentProcess, wait_until
+from tests.agentproc import AgentProcess, wait_until, wait_until_async
 from tests.corekit import routing_domain
 
 
@@ -140,23 +141,35 @@ def test_status_line_counts_lifecycles_goals_and_pending() -> None:
 
 
 async def test_serve_pings_at_half_the_interval_and_stops_when_unhealthy(
-    listener: Listener,
+    listener: Listener, caplog: pytest.LogCaptureFixture
 ) -> None:
     notifier = Notifier(listener.sock.getsockname(), watchdog=0.4)
     healthy = True
     ready = asyncio.Event()
     task = asyncio.create_task(notifier.serve(ready.wait, lambda: "fine", lambda: healthy, env={}))
-    await asyncio.sleep(0.5)
+
+    def pings() -> int:
+        return listener.lines().count("WATCHDOG=1")
+
+    # Starting up is not being stuck: a ping every 0.2s while waiting. Each one comes after
+    # a wait for readiness ran out, so two of them show it was checked and not ready.
+    await wait_until_async(lambda: pings() >= 2, 30, "two pings while waiting")
     assert "READY=1" not in listener.lines()  # not before the first resync
     ready.set()
-    await asyncio.sleep(1.05)
+    await wait_until_async(lambda: "READY=1" in listener.lines(), 30, "READY=1")
+    waiting = pings()
+    await wait_until_async(lambda: pings() >= waiting + 2, 30, "two pings once ready")
     lines = listener.lines()
     assert lines.count("READY=1") == 1 and "STATUS=fine" in lines
-    before = lines.count("WATCHDOG=1")
-    assert before >= 4  # 0.5s waiting + 1s ready, a ping every 0.2s
-    healthy = False
-    await asyncio.sleep(0.6)
-    assert listener.lines().count("WATCHDOG=1") <= before + 1
+    before = pings()
+    healthy = False  # no await since `before`: the notifier cannot have pinged in between
+    caplog.set_level(logging.ERROR, "setpoint.notify")
+
+    def withheld() -> int:
+        return sum("withholding the watchdog ping" in r.getMessage() for r in caplog.records)
+
+    await wait_until_async(lambda: withheld() >= 2, 30, "two pings withheld")
+    assert pings() == before
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -192,11 +205,15 @@ def test_stall_hook_blocks_the_loop_and_the_pings_stop(listener: Listener, tmp_p
         "SETPOINT_TEST_STALL_AFTER": "1",
     }
     with AgentProcess(goals, tmp_path / "state", env=env) as agent:
-        wait_until(lambda: "blocking the event loop now" in agent.output(), 20, "the stall")
-        time.sleep(0.3)
+        wait_until(lambda: "blocking the event loop now" in agent.output(), 60, "the stall")
+        # The loop pings from the task that logged this line just before it blocked: every
+        # ping it will ever send has been sent already.
+        wait_until(lambda: listener.lines().count("WATCHDOG=1") >= 1, 5, "a ping")
         pings = listener.lines().count("WATCHDOG=1")
+        agent.proc.send_signal(signal.SIGTERM)  # the loop is blocked: the handler never runs
+        # A timing property, so a sleep: a blocked loop produces no event to wait for, and
+        # "no ping" only means something over a span of time: systemd kills the agent when
+        # WatchdogSec (0.4s here) passes without one. Watch 2.5 such intervals.
         time.sleep(1.0)
         assert listener.lines().count("WATCHDOG=1") == pings
-        agent.proc.send_signal(signal.SIGTERM)  # the loop is blocked: the handler never runs
-        time.sleep(0.5)
         assert agent.proc.poll() is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sys
 import time
@@ -15,6 +16,7 @@ from aiohttp import web
 from agent.adapters.probes import Prober, check
 from agent.core.inputs import Input, ProbeResult
 from agent.core.spec import ProbeSpec
+from tests.agentproc import wait_until_async
 
 
 @dataclass
@@ -134,8 +136,16 @@ async def test_jsonrpc_get_health(backend: Backend) -> None:
 async def test_scheduler_keeps_its_grid_and_a_slow_probe_delays_no_other(
     backend: Backend,
 ) -> None:
-    results: list[Input] = []
-    prober = Prober(results.append)
+    arrived: list[tuple[float, str]] = []  # (monotonic time, probe) as each result comes in
+
+    def submit(inp: Input) -> None:
+        assert isinstance(inp, ProbeResult)
+        arrived.append((time.monotonic(), inp.probe))
+
+    def times(name: str) -> list[float]:
+        return [at for at, probe in arrived if probe == name]
+
+    prober = Prober(submit)
     fast = http(backend.url + "/healthz", interval=0.1)
     slow = ProbeSpec(
         "slow",
@@ -146,12 +156,17 @@ async def test_scheduler_keeps_its_grid_and_a_slow_probe_delays_no_other(
     )
     prober.configure([ProbeSpec(**{**fast.__dict__, "name": "fast"}), slow])
     task = asyncio.create_task(prober.run())
-    await asyncio.sleep(1.05)
+    await wait_until_async(lambda: len(times("slow")) >= 3, 30, "three slow results")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    names = [r.probe for r in results if isinstance(r, ProbeResult)]
-    assert 9 <= names.count("fast") <= 11, names
-    assert 1 <= names.count("slow") <= 3  # skipped rounds while running, not piled up
+    # Not piled up: a run starts only after the previous one reported, and each takes 0.45s
+    # (rounds due meanwhile are skipped), so results are at least that far apart.
+    slow_at = times("slow")
+    assert all(b - a >= 0.45 for a, b in itertools.pairwise(slow_at)), slow_at
+    # The fast probe kept its grid meanwhile: about one result per 0.1s, never more.
+    span = slow_at[-1] - slow_at[0]
+    fast_in_span = [t for t in times("fast") if slow_at[0] < t <= slow_at[-1]]
+    assert span / 0.1 - 3 <= len(fast_in_span) <= span / 0.1 + 1, (span, len(fast_in_span))
     late = sorted(prober.lateness)
     assert late[int(len(late) * 0.9)] < 0.05

@@ -5,13 +5,21 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.agentproc import AgentProcess, cli, status, wait_until
+from tests.agentproc import (
+    AgentProcess,
+    cli,
+    decided,
+    last_seq,
+    marker,
+    rows_between,
+    status,
+    wait_until,
+)
 from tests.sysmgr import SystemdUser
 
 pytestmark = pytest.mark.systemd
@@ -52,7 +60,9 @@ def test_killed_unit_is_restarted(mgr: SystemdUser, tmp_path: Path) -> None:
         assert agent.stop() == 0
 
 
-def test_desired_stopped_stops_a_unit_started_by_hand(mgr: SystemdUser, tmp_path: Path) -> None:
+def test_agent_stops_a_unit_started_by_hand_when_desired_stopped(
+    mgr: SystemdUser, tmp_path: Path
+) -> None:
     mgr.write_unit("sp-off.service", SLEEPER)
     mgr.daemon_reload()
     goals = goals_file(tmp_path, "  parked: {unit: sp-off.service, desired: stopped}\n")
@@ -113,9 +123,13 @@ def test_maintenance_mode_observes_and_does_nothing(mgr: SystemdUser, tmp_path: 
         mgr.wait_for("sp-maint.service", "active", 10)
         assert cli("maintenance", "on", "--state-dir", str(state)).returncode == 0
         wait_until(lambda: status(state)["maintenance"], 5, "maintenance on")
+        seq = last_seq(state)
         os.kill(mgr.main_pid("sp-maint.service"), signal.SIGKILL)
         wait_until(lambda: lifecycle(state, "maint") == "Error", 10, "the crash to be observed")
-        time.sleep(1.5)  # the agent would have restarted it within milliseconds
+        # The marker: a reset clears the restart back-off, so outside maintenance its own step
+        # would restart the unit at once. The journal up to it holds no job: none was decided.
+        mark = marker(state, "reset", "maint")
+        assert not decided(rows_between(state, seq, mark), "UnitJob")
         assert mgr.active_state("sp-maint.service") == "failed"
         assert cli("maintenance", "off", "--state-dir", str(state)).returncode == 0
         mgr.wait_for("sp-maint.service", "active", 10)
@@ -183,5 +197,9 @@ def test_plan_shows_what_would_be_done_and_does_nothing(mgr: SystemdUser, tmp_pa
     assert result.returncode == 0, result.stderr
     assert "systemd start sp-plan.service (service planned)" in result.stdout
     assert "problem: service gone: unit sp-nowhere.service is not-found" in result.stdout
-    time.sleep(0.5)
+    # `plan` has exited: whatever it asked of systemd reached the manager before the queries
+    # below, which open a new bus connection afterwards. systemd's own record shows no job
+    # queued and the unit never left the inactive state.
+    assert mgr.systemctl("list-jobs", "--no-legend", check=True).stdout.strip() == ""
+    assert mgr.show("sp-plan.service", "InactiveExitTimestampMonotonic") == "0"
     assert mgr.active_state("sp-plan.service") == "inactive"
