@@ -330,8 +330,9 @@ class Daemon:
         finished = await rt.settle(self.opts.shutdown_timeout)
         if not finished:
             log.warning(
-                "%d effects still running; they stay pending for the next start", rt.lanes.busy
+                "%d effects still running; they stay pending for the next start", rt.lanes.running
             )
+        if rt.lanes.busy:  # also those waiting to retry: a shutdown does not wait them out
             await rt.lanes.cancel()
         if self.systemd is not None:
             await self.systemd.close()

@@ -89,3 +89,25 @@ def test_hostile_yaml_is_refused_located_in_bounded_time_and_memory(
     first = result.stderr.splitlines()[0]
     assert re.fullmatch(rf"{re.escape(str(path))}:\d+:\d+: \S.{{8,}}", first), first
     assert seconds < 5.0 and rss_mb < 200, (seconds, rss_mb)
+
+
+def test_validate_warns_of_file_effects_the_shipped_sandbox_cannot_write(tmp_path: Path) -> None:
+    goals = tmp_path / "g.yaml"
+    goals.write_text(
+        "apiVersion: setpoint/v1\n"
+        "groups:\n"
+        "  g:\n"
+        "    members: [{name: a, probes: [p]}]\n"
+        "    effects:\n"
+        "      - file: {path: /etc/haproxy/route}\n"
+        "      - file: {path: /run/setpoint/route}\n"
+        "probes:\n"
+        "  p: {tcp: {host: 127.0.0.1, port: 1}}\n"
+    )
+    result = cli("validate", str(goals))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{goals}:6:22: warning: the shipped unit cannot write /etc/haproxy/route "
+        "(ProtectSystem=strict); write under /run/setpoint/, or allow it with a drop-in: "
+        "[Service] ReadWritePaths=/etc/haproxy"
+    ]

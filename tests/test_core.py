@@ -19,6 +19,7 @@ from agent.core.actions import (
 from agent.core.inputs import (
     ActionCompleted,
     GoalsRejected,
+    ManagerStarted,
     OperatorCommand,
     ProbeResult,
     Tick,
@@ -788,3 +789,19 @@ def test_a_unit_the_polkit_rule_does_not_cover_is_not_permitted_not_given_up() -
     h.feed(Tick(4.5))
     assert not h.state.services["web"].denied
     assert not h.state.alerts["UnitNotPermitted:web"].alert.firing
+
+
+def test_a_reboot_is_not_a_crash_of_every_unit() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("web"),)))
+    h.feed(ManagerStarted(1000.0, 1))
+    h.observe("web.service", "active", "running", 2)
+    h.feed(ManagerStarted(1000.0, 3))  # the agent restarted, the manager did not
+    assert h.state.services["web"].active == "active"
+    rebooted = h.feed(ManagerStarted(5000.0, 10))  # a new manager: the host rebooted
+    assert logs(rebooted) == [
+        ": systemd manager restarted (a reboot?): units are observed afresh, restart counters reset"
+    ]
+    first = h.feed(UnitObserved("web.service", "inactive", "dead", 11))
+    assert logs(first) == ["web: unit is inactive; starting"]
+    assert h.state.services["web"].restarts == ()

@@ -15,21 +15,26 @@ import pytest
 
 from agent.adapters.systemd.bus import SystemdAdapter
 from agent.adapters.systemd.protocol import ReplyError, convert, unit_path
-from agent.core.inputs import Input, UnitObserved
+from agent.core.inputs import Input, ManagerStarted, UnitObserved
 from agent.errors import PermanentError, TransientError
+from tests.agentproc import wait_until_async
 from tests.sysmgr import SystemdUser, alive, running_manager
 
 SLEEPER = "[Service]\nExecStart=/bin/sleep infinity\n"
 
 
-class Recorder:
-    """Collects the adapter's inputs; lets a test wait for a matching observation."""
+class ObservationRecorder:
+    """Records the adapter's UnitObserved inputs; lets a test wait for a matching one."""
 
     def __init__(self) -> None:
         self.inputs: list[UnitObserved] = []
+        self.manager_started: list[float] = []
         self._changed = asyncio.Event()
 
     def __call__(self, inp: Input) -> None:
+        if isinstance(inp, ManagerStarted):
+            self.manager_started.append(inp.started)
+            return
         assert isinstance(inp, UnitObserved)
         self.inputs.append(inp)
         self._changed.set()
@@ -45,16 +50,17 @@ class Recorder:
         unit: str,
         pred: Callable[[UnitObserved], bool],
         since: int = 0,
-        timeout: float = 10.0,
+        timeout: float = 30.0,
     ) -> UnitObserved:
         """The first observation of `unit` from index `since` on that satisfies `pred`."""
-        async with asyncio.timeout(timeout):
-            while True:
-                for obs in self.of(unit, since):
-                    if pred(obs):
-                        return obs
-                self._changed.clear()
-                await self._changed.wait()
+        found: list[UnitObserved] = []
+
+        def seen() -> bool:
+            found[:] = [obs for obs in self.of(unit, since) if pred(obs)][:1]
+            return bool(found)
+
+        await wait_until_async(seen, timeout, f"an observation of {unit}", wake=self._changed)
+        return found[0]
 
 
 def active(state: str, sub: str | None = None) -> Callable[[UnitObserved], bool]:
@@ -70,13 +76,6 @@ def new_unit(mgr: SystemdUser, stem: str, text: str | None = SLEEPER) -> str:
     return name
 
 
-async def until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll `pred` until it holds."""
-    async with asyncio.timeout(timeout):
-        while not pred():  # noqa: ASYNC110 - polling adapter attributes is the point
-            await asyncio.sleep(0.02)
-
-
 async def ctl(mgr: SystemdUser, *args: str) -> None:
     """`systemctl --user ARGS` off the event loop, failing loudly."""
     out = await asyncio.to_thread(mgr.systemctl, *args)
@@ -84,8 +83,10 @@ async def ctl(mgr: SystemdUser, *args: str) -> None:
 
 
 @pytest.fixture
-async def adapter(systemd_user: SystemdUser) -> AsyncIterator[tuple[SystemdAdapter, Recorder]]:
-    rec = Recorder()
+async def adapter(
+    systemd_user: SystemdUser,
+) -> AsyncIterator[tuple[SystemdAdapter, ObservationRecorder]]:
+    rec = ObservationRecorder()
     ad = SystemdAdapter(rec, bus="user", bus_address=systemd_user.bus_address)
     task = asyncio.create_task(ad.run(), name="systemd-adapter")
     await asyncio.wait_for(ad.wait_ready(), 10)
@@ -142,7 +143,7 @@ def test_unit_path_matches_the_manager(systemd_user: SystemdUser) -> None:
 
 @pytest.mark.systemd
 async def test_observes_start_and_kill(
-    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
 ) -> None:
     ad, rec = adapter
     unit = await asyncio.to_thread(new_unit, systemd_user, "obs")
@@ -161,7 +162,10 @@ async def test_observes_start_and_kill(
     latency = time.monotonic() - killed_at
     print(f"\nkill -9 -> UnitObserved({down.active}/{down.sub}) in {latency * 1000:.1f} ms")
     assert (down.active, down.result, down.main_pid) == ("failed", "signal", 0)
+    assert (down.exit_code, down.exit_status) == (2, signal.SIGKILL)  # killed, by SIGKILL
     assert latency < 5
+    # the manager's start time, told once per connection (a reboot is not a crash)
+    assert len(rec.manager_started) == 1 and rec.manager_started[0] > 0
 
 
 def state_change_timestamp(mgr: SystemdUser, unit: str) -> float:
@@ -174,7 +178,7 @@ def state_change_timestamp(mgr: SystemdUser, unit: str) -> float:
 
 @pytest.mark.systemd
 async def test_observations_carry_systemds_state_change_time(
-    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
 ) -> None:
     ad, rec = adapter
     unit = await asyncio.to_thread(new_unit, systemd_user, "since")
@@ -193,7 +197,7 @@ async def test_observations_carry_systemds_state_change_time(
 
 @pytest.mark.systemd
 async def test_restarts_are_counted(
-    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
 ) -> None:
     ad, rec = adapter
     text = "[Service]\nExecStart=/bin/sleep infinity\nRestart=always\nRestartSec=100ms\n"
@@ -211,14 +215,18 @@ async def test_restarts_are_counted(
 
 @pytest.mark.systemd
 async def test_observations_are_complete_and_not_repeated(
-    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
 ) -> None:
     ad, rec = adapter
     unit = await asyncio.to_thread(new_unit, systemd_user, "dedup")
-    ad.watch([unit])
+    later = await asyncio.to_thread(new_unit, systemd_user, "dedup-marker")
+    ad.watch([unit, later])
     await ctl(systemd_user, "start", unit)
     await rec.wait(unit, active("active", "running"))
-    await asyncio.sleep(0.3)
+    # The marker: a unit started after the first start is done. systemd sends its signals
+    # after every signal about the first start, and the adapter handles them in that order.
+    await ctl(systemd_user, "start", later)
+    await rec.wait(later, active("active", "running"))
     seen = rec.of(unit)
     keys = [(o.active, o.sub, o.load, o.result, o.main_pid, o.n_restarts) for o in seen]
     assert all(k1 != k2 for k1, k2 in itertools.pairwise(keys)), keys
@@ -228,12 +236,12 @@ async def test_observations_are_complete_and_not_repeated(
     await ad.resync()  # an explicit resync reports every watched unit, changed or not
     again = rec.of(unit, mark)
     assert [(o.active, o.sub) for o in again] == [("active", "running")]
-    await ctl(systemd_user, "stop", unit)
+    await ctl(systemd_user, "stop", unit, later)
 
 
 @pytest.mark.systemd
 async def test_run_job_start_restart_stop(
-    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
 ) -> None:
     ad, rec = adapter
     unit = await asyncio.to_thread(new_unit, systemd_user, "job")
@@ -255,7 +263,7 @@ async def test_run_job_start_restart_stop(
 
 @pytest.mark.systemd
 async def test_back_to_back_jobs_all_complete(
-    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
 ) -> None:
     """JobRemoved is often read before the StartUnit reply resumes the caller (seen ~6%)."""
     ad, _ = adapter
@@ -268,7 +276,7 @@ async def test_back_to_back_jobs_all_complete(
 
 @pytest.mark.systemd
 async def test_run_job_errors(
-    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
 ) -> None:
     ad, _ = adapter
     missing = new_unit(systemd_user, "missing", text=None)
@@ -293,7 +301,7 @@ async def test_run_job_errors(
 
 @pytest.mark.systemd
 async def test_resync_reports_not_found_and_masked(
-    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
 ) -> None:
     ad, rec = adapter
     missing = new_unit(systemd_user, "gone", text=None)
@@ -310,7 +318,7 @@ async def test_resync_reports_not_found_and_masked(
 
 @pytest.mark.systemd
 async def test_daemon_reload_resyncs_and_signals_keep_coming(
-    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
 ) -> None:
     ad, rec = adapter
     steady = await asyncio.to_thread(new_unit, systemd_user, "steady")
@@ -334,7 +342,7 @@ async def test_daemon_reload_resyncs_and_signals_keep_coming(
 
 @pytest.mark.systemd
 async def test_daemon_reexec_resubscribes(
-    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
 ) -> None:
     ad, rec = adapter
     unit = await asyncio.to_thread(new_unit, systemd_user, "reexec")
@@ -343,7 +351,7 @@ async def test_daemon_reexec_resubscribes(
     generation = ad.generation
 
     await ctl(systemd_user, "daemon-reexec")
-    await until(lambda: ad.generation > generation)
+    await wait_until_async(lambda: ad.generation > generation, 30, "a new generation")
 
     mark = rec.mark()
     await ctl(systemd_user, "start", unit)
@@ -355,7 +363,7 @@ async def test_daemon_reexec_resubscribes(
 
 @pytest.mark.systemd
 async def test_reconnects_when_the_bus_goes_away(
-    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, Recorder]
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
 ) -> None:
     ad, rec = adapter
     unit = await asyncio.to_thread(new_unit, systemd_user, "rebus")
@@ -364,7 +372,9 @@ async def test_reconnects_when_the_bus_goes_away(
     generation = ad.generation
 
     await ctl(systemd_user, "restart", "dbus.service")  # drops every bus connection
-    await until(lambda: ad.generation > generation and ad.connected, timeout=15)
+    await wait_until_async(
+        lambda: ad.generation > generation and ad.connected, 30, "a new connection"
+    )
 
     mark = rec.mark()
     await ctl(systemd_user, "start", unit)
@@ -377,7 +387,7 @@ async def test_user_bus_address_from_the_environment(
     systemd_user: SystemdUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", systemd_user.bus_address)
-    rec = Recorder()
+    rec = ObservationRecorder()
     ad = SystemdAdapter(rec, bus="user", clock=lambda: 1234.5)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(ad.run(), name="systemd-adapter")
@@ -418,7 +428,7 @@ async def test_cancelling_run_disconnects(systemd_user: SystemdUser) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not ad.connected
-    await until(lambda: not bus.connected, timeout=5)
+    await wait_until_async(lambda: not bus.connected, 30, "the bus to disconnect")
     assert await asyncio.wait_for(bus.wait_for_disconnect(), 1) is None  # type: ignore[no-untyped-call]
 
 

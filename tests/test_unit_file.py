@@ -94,7 +94,7 @@ def test_unit_contract() -> None:
     )  # the last value of each key is enough for these
     assert keys["Type"] == "notify" and keys["NotifyAccess"] == "main"
     assert keys["WatchdogSec"] == "30s" and keys["Restart"] == "on-failure"
-    assert keys["ExecReload"] == "/bin/kill -s HUP $MAINPID"
+    assert keys["ExecReload"] == """/bin/sh -c 'kill -s HUP "$MAINPID"'"""
     assert keys["User"] == "setpoint" and "DynamicUser" not in keys
     assert keys["StateDirectory"] == "setpoint" and keys["ConfigurationDirectory"] == "setpoint"
     assert keys["KillMode"] == "mixed"  # SIGTERM to the agent only: in-flight effects finish

@@ -24,7 +24,7 @@ from agent.core.actions import TrackedAction, is_tracked
 from agent.core.inputs import GoalsLoaded, Input, Tick
 from agent.core.state import State
 from agent.core.step import step
-from agent.errors import ConfigError, JournalError, SetpointError
+from agent.errors import ConfigError, JournalError, Problem, SetpointError
 from agent.goals import goals_schema, load_goals
 from agent.goals.durations import parse_duration
 from agent.interfaces import control, logs
@@ -249,13 +249,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(paths: Sequence[Path]) -> int:
+    warnings: list[Problem] = []
     try:
-        goals = load_goals(paths)
+        goals = load_goals(paths, warnings=warnings)
     except ConfigError as err:
         print(err, file=sys.stderr)
         count = len(err.problems)
         print(f"{count} error{'s' if count != 1 else ''}", file=sys.stderr)
         return 2
+    for warning in warnings:
+        print(warning, file=sys.stderr)
     print(
         f"ok: {len(goals.services)} services, {len(goals.probes)} probes, "
         f"{len(goals.domains)} domains, {len(goals.groups)} groups, {len(goals.sinks)} sinks"

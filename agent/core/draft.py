@@ -27,6 +27,7 @@ class Draft:
         self.next_id = state.next_id
         self.maintenance = state.maintenance
         self.cluster = state.cluster
+        self.manager_started = state.manager_started
         self.actions: list[Action] = []
         self.goals = state.goals
 
@@ -83,6 +84,7 @@ class Draft:
             and self.maintenance == base.maintenance
             and self.goals is base.goals
             and self.cluster is base.cluster
+            and self.manager_started == base.manager_started
         ):
             return base
         return evolve(
@@ -98,6 +100,7 @@ class Draft:
             next_id=self.next_id,
             maintenance=self.maintenance,
             cluster=self.cluster,
+            manager_started=self.manager_started,
         )
 
 

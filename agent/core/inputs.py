@@ -93,6 +93,15 @@ class GoalsRejected:
 
 
 @dataclass(frozen=True)
+class ManagerStarted:
+    """The systemd manager we watch started at `started` (its UserspaceTimestamp): a newer
+    one than before means a reboot (or a new user manager), not a crash of every unit."""
+
+    started: float
+    at: float
+
+
+@dataclass(frozen=True)
 class ClusterObserved:
     """The cluster link's view changed: health, who leads (our `fence`, 0 unless us), facts."""
 
@@ -123,6 +132,7 @@ Input = (
     | OperatorCommand
     | ClusterObserved
     | ClusterAdopted
+    | ManagerStarted
 )
 
 

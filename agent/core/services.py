@@ -234,6 +234,23 @@ def settle(draft: Draft, name: str, now: float) -> None:
         )
 
 
+def manager_started(draft: Draft, started: float, at: float) -> None:
+    """A new systemd manager (a reboot): what was observed before is history, not a crash.
+
+    Every service starts afresh: unobserved, no restarts counted, no give-up, so the first
+    start after a reboot is a start, not a restart (1/limit) of a unit that "went down".
+    """
+    old, draft.manager_started = draft.manager_started, started
+    if not old or started == old:
+        return
+    for name, svc in list(draft.services.items()):
+        fresh = ServiceState(since=at, job=svc.job, maintenance=svc.maintenance,
+                             restarts_total=svc.restarts_total)  # fmt: skip
+        draft.set_service(name, fresh)
+    draft.log("info", "systemd manager restarted (a reboot?): units are observed afresh, "
+                      "restart counters reset")  # fmt: skip
+
+
 def reset(draft: Draft, name: str, at: float) -> None:
     """Operator reset (seed 000's reset()): clear give-up and counters."""
     svc = evolve(draft.services[name], restarts=(), gave_up=False, denied=False, next_attempt=0.0,

@@ -175,4 +175,6 @@ class State:
     groups: Map[str, GroupState] = field(default_factory=Map)
     next_id: int = 1
     maintenance: bool = False
+    manager_started: float = 0.0
+    """When the watched systemd manager started (see ManagerStarted)."""
     cluster: ClusterState = field(default_factory=ClusterState)

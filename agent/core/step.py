@@ -25,6 +25,7 @@ from agent.core.inputs import (
     GoalsLoaded,
     GoalsRejected,
     Input,
+    ManagerStarted,
     OperatorCommand,
     ProbeResult,
     Tick,
@@ -51,6 +52,8 @@ def step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
         case GoalsLoaded():
             _goals_loaded(draft, inp.goals, inp.at)
             alerts.set_alert(draft, "GoalsInvalid", "goals", False, "warning", "", inp.at)
+        case ManagerStarted():
+            services.manager_started(draft, inp.started, inp.at)
         case ClusterObserved():
             cluster.observed(draft, inp)
             _cluster_domains(draft, inp.at)

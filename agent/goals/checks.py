@@ -90,6 +90,23 @@ def broker_needed(merged: Merged) -> Iterator[Problem]:
                 yield entry.problem(f"an mqtt effect, {NO_BROKER}", *loc, i, "mqtt", key=True)
 
 
+SANDBOX_WRITABLE = ("/run/setpoint/", "/var/lib/setpoint/", "/tmp/", "/var/tmp/")  # noqa: S108
+"""Where the shipped unit (ProtectSystem=strict, user setpoint) lets effects write."""
+
+
+def sandbox(merged: Merged) -> Iterator[Problem]:
+    """Warnings: file effects the shipped unit's sandbox cannot write, and the way out."""
+    for entry, loc, effects in effect_lists(merged):
+        for i, fx in enumerate(effects):
+            path = fx.file.path if fx.file is not None else ""
+            if path and not path.startswith(SANDBOX_WRITABLE):
+                where = path.rsplit("/", 1)[0] or "/"
+                message = (f"warning: the shipped unit cannot write {path} (ProtectSystem=strict); "
+                           f"write under /run/setpoint/, or allow it with a drop-in: "
+                           f"[Service] ReadWritePaths={where}")  # fmt: skip
+                yield entry.problem(message, *loc, i, "file", "path")
+
+
 def cycles(services: Mapping[str, Entry[ServiceModel]]) -> Iterator[Problem]:
     """One problem per dependency cycle, at the first service of the cycle (by name)."""
     found: dict[frozenset[str], list[str]] = {}

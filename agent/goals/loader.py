@@ -27,11 +27,14 @@ SUFFIXES = (".yaml", ".yml")
 MAX_PROBLEMS = 100
 
 
-def load_goals(paths: Sequence[str | Path], *, broker: bool = True) -> GoalSet:
+def load_goals(
+    paths: Sequence[str | Path], *, broker: bool = True, warnings: list[Problem] | None = None
+) -> GoalSet:
     """Load, validate and merge goal files; a directory means its *.yaml and *.yml files.
 
     `broker=False` (an agent without MQTT) makes every MQTT sink and effect a problem.
-    Raises ConfigError carrying every problem found, each at `file:line:col`.
+    Raises ConfigError carrying every problem found, each at `file:line:col`. `warnings`
+    receives what is valid but will not work under the shipped unit's sandbox.
     """
     files, problems = discover(paths)
     valid: list[tuple[Doc, GoalFile]] = []
@@ -58,6 +61,8 @@ def load_goals(paths: Sequence[str | Path], *, broker: bool = True) -> GoalSet:
     problems = capped(later)
     if problems:
         raise ConfigError(problems)
+    if warnings is not None:
+        warnings.extend(checks.sandbox(merged))
     return build(merged)
 
 

@@ -59,6 +59,8 @@ class Lanes:
         self._limits: dict[str, asyncio.Semaphore] = {}
         self._concurrency = concurrency
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._sleeping: set[int] = set()
+        """Actions waiting between two attempts: nothing of theirs is running."""
         self.retries = 0
 
     def register(self, lane: str, executor: Executor, policy: RetryPolicy | None = None) -> None:
@@ -75,11 +77,17 @@ class Lanes:
 
     def _forget(self, action_id: int, _task: asyncio.Task[None]) -> None:
         self._inflight.pop(action_id, None)
+        self._sleeping.discard(action_id)
 
     @property
     def busy(self) -> int:
         """Actions currently running or waiting to retry."""
         return len(self._inflight)
+
+    @property
+    def running(self) -> int:
+        """Actions with an attempt under way (a shutdown waits for these, not for retries)."""
+        return len(self._inflight.keys() - self._sleeping)
 
     async def drain(self, timeout: float) -> bool:
         """Wait for in-flight actions up to `timeout`; True when none is left."""
@@ -136,11 +144,13 @@ class Lanes:
             reraise=True,
         )
         async for attempt in retrying:
+            self._sleeping.discard(action.id)
             with attempt:
                 return await executor(action)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     def _note_retry(self, action: TrackedAction, outcome: object) -> None:
+        self._sleeping.add(action.id)
         self.retries += 1
         self._on_retry(action.lane.split(":", 1)[0])
         log.warning("action %d on lane %s will retry: %s", action.id, action.lane, outcome)

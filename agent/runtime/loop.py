@@ -225,11 +225,11 @@ class Runtime:
                 await self.process([i for i in await self._next_batch() if i is not None])
                 continue
             left = deadline - loop.time()
-            if not self.lanes.busy or left <= 0:
+            if not self.lanes.running or left <= 0:
                 break
-            try:
-                first = await asyncio.wait_for(self.mailbox.get(), left)
+            try:  # short waits: an effect that starts waiting to retry submits nothing
+                first = await asyncio.wait_for(self.mailbox.get(), min(left, 0.2))
             except TimeoutError:
-                break
+                continue
             await self.process([first] if first is not None else [])
-        return not self.lanes.busy
+        return not self.lanes.running

@@ -327,7 +327,6 @@ def _slow_job_in_flight(ct: Container) -> int:
     return before + 1
 
 
-@known_defect("ExecReload=/bin/kill -s HUP $MAINPID: /bin/kill is procps, not on a minimal Debian")
 def test_systemctl_reload_works_on_a_minimal_debian(debian: Container) -> None:
     ct = debian
     ensure_enabled(ct)
@@ -423,10 +422,6 @@ def reboot(ct: Container) -> float:
     return took
 
 
-@known_defect(
-    "after a reboot the agent takes units stopped by the shutdown for crashes: "
-    "'observed jump Running -> Stopped' and restarts counted against the limit"
-)
 def test_after_a_reboot_units_are_started_not_counted_as_restarts(debian: Container) -> None:
     ct = debian
     ensure_enabled(ct)
@@ -441,10 +436,6 @@ def test_after_a_reboot_units_are_started_not_counted_as_restarts(debian: Contai
     assert all(svc["restarts"] == 0 for svc in status(ct)["services"].values()), status(ct)
 
 
-@known_defect(
-    "a unit job cancelled by the shutdown is retried, and the stopping agent waits for "
-    "that retry for all of --shutdown-timeout (30s): the poweroff is 30s late"
-)
 def test_poweroff_with_a_unit_job_in_flight_is_not_delayed_by_the_agent(
     debian: Container,
 ) -> None:
@@ -463,15 +454,11 @@ def test_poweroff_with_a_unit_job_in_flight_is_not_delayed_by_the_agent(
     assert took < 15, message
 
 
-@known_defect(
-    "the README's route file effect (/run/...) cannot be written under the shipped "
-    "sandbox (ProtectSystem=strict, user setpoint): Permission denied, retried forever"
-)
 def test_readme_route_file_effect_works_under_the_installed_unit(debian: Container) -> None:
     ct = debian
     ensure_enabled(ct)
     cursor = ct.cursor()
-    route = "/run/e2e-route"
+    route = "/run/setpoint/e2e-route"  # the unit's RuntimeDirectory
     ct.write(f"{GOALS}/route.yaml", "apiVersion: setpoint/v1\ngroups:\n  e2e-route:\n"
              "    members:\n      - {name: primary, service: web}\n"
              f"    effects:\n      - file: {{path: {route}}}\n")  # fmt: skip

@@ -53,7 +53,7 @@ from agent.adapters.systemd.protocol import (
     job_outcome,
     unit_path,
 )
-from agent.core.inputs import Input, UnitObserved
+from agent.core.inputs import Input, ManagerStarted, UnitObserved
 from agent.errors import PermanentError, TransientError
 
 log = logging.getLogger("setpoint.systemd")
@@ -274,6 +274,7 @@ class SystemdAdapter:
             bus, "/org/freedesktop/DBus", DBUS, "GetNameOwner", "s", [SYSTEMD], DBUS
         )
         self._owner = reply.body[0]
+        await self._manager_started(bus)
         await self._subscribe(bus)
         self._want_subscribe = False
         self._dirty.clear()
@@ -282,6 +283,20 @@ class SystemdAdapter:
         self.generation += 1
         self._ready.set()
         log.info("systemd: connected to %s (manager %s)", self._kind, self._owner)
+
+    async def _manager_started(self, bus: MessageBus) -> None:
+        """Tell the core when the manager started (a reboot starts a new one): observations
+        from before that say nothing about the units now."""
+        try:
+            reply = await self._call(
+                bus, MANAGER_PATH, PROPERTIES, "Get", "ss", [MANAGER, "UserspaceTimestamp"]
+            )
+        except ReplyError as err:
+            log.debug("systemd: no UserspaceTimestamp: %s", err)
+            return
+        started = int(reply.body[0].value)
+        if started:
+            self._on_input(ManagerStarted(started / 1e6, self._clock()))
 
     async def _subscribe(self, bus: MessageBus) -> None:
         """Manager.Subscribe; being subscribed already is fine."""
