@@ -15,7 +15,7 @@ import pytest
 
 from agent.adapters.systemd.bus import SystemdAdapter
 from agent.adapters.systemd.protocol import ReplyError, convert, unit_path
-from agent.core.inputs import Input, UnitObserved
+from agent.core.inputs import Input, ManagerStarted, UnitObserved
 from agent.errors import PermanentError, TransientError
 from tests.agentproc import wait_until_async
 from tests.sysmgr import SystemdUser, alive, running_manager
@@ -28,9 +28,13 @@ class ObservationRecorder:
 
     def __init__(self) -> None:
         self.inputs: list[UnitObserved] = []
+        self.manager_started: list[float] = []
         self._changed = asyncio.Event()
 
     def __call__(self, inp: Input) -> None:
+        if isinstance(inp, ManagerStarted):
+            self.manager_started.append(inp.started)
+            return
         assert isinstance(inp, UnitObserved)
         self.inputs.append(inp)
         self._changed.set()
@@ -158,7 +162,10 @@ async def test_observes_start_and_kill(
     latency = time.monotonic() - killed_at
     print(f"\nkill -9 -> UnitObserved({down.active}/{down.sub}) in {latency * 1000:.1f} ms")
     assert (down.active, down.result, down.main_pid) == ("failed", "signal", 0)
+    assert (down.exit_code, down.exit_status) == (2, signal.SIGKILL)  # killed, by SIGKILL
     assert latency < 5
+    # the manager's start time, told once per connection (a reboot is not a crash)
+    assert len(rec.manager_started) == 1 and rec.manager_started[0] > 0
 
 
 def state_change_timestamp(mgr: SystemdUser, unit: str) -> float:
