@@ -11,6 +11,7 @@ BENCHES = [
     "bench.systemd_bench",
     "bench.probes_bench",
     "bench.observability_bench",
+    "bench.ha_bench",
 ]
 
 
