@@ -20,3 +20,10 @@ def http_outcome(what: str, status: int, text: str) -> str:
     if not 200 <= status < 300:
         raise PermanentError(f"{what}: HTTP {status} {text[:200]}")
     return f"HTTP {status}"
+
+
+def publish_topic(topic: str, what: str) -> str:
+    """`topic` if one may publish to it (not empty, no wildcard); PermanentError otherwise."""
+    if not topic or any(c in topic for c in "+#"):
+        raise PermanentError(f"{what}: invalid MQTT topic {topic!r} (empty, or a + or # wildcard)")
+    return topic

@@ -7,7 +7,8 @@ import json
 import logging
 import os
 import sys
-import time
+
+from agent.journal.reports import utc_iso
 
 _PRIORITY = {
     logging.DEBUG: 7,
@@ -36,8 +37,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": utc_iso(record.created, z=True),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -19,17 +19,17 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiohttp
 
 from agent.adapters.alerts.log import log_alert
-from agent.adapters.edge import http_outcome
+from agent.adapters.edge import http_outcome, publish_topic
 from agent.core.actions import Alert, RunEffect, SendAlert, TrackedAction
 from agent.core.alerts import EXPIRY, effect_alert
 from agent.core.spec import AlertSink
 from agent.errors import EffectError, PermanentError, TransientError
+from agent.journal.reports import utc_iso
 
 log = logging.getLogger("setpoint.sinks")
 HOST_LABEL = "host"
@@ -38,7 +38,7 @@ SIGNATURE_HEADER = "X-Setpoint-Signature"
 
 def rfc3339(ts: float) -> str:
     """UTC, millisecond precision, `Z` suffix."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_iso(ts, z=True)
 
 
 def labels_of(alert: Alert, host: str) -> dict[str, str]:
@@ -178,9 +178,7 @@ class Sinks:
         if self.mqtt is None:
             raise PermanentError(f"mqtt sink {sink.name}: no MQTT broker configured (--mqtt-url)")
         base = [p for p in sink.topic.split("/") if p] or ["alerts"]
-        topic = self.mqtt.topic(*base, alert.name)
-        if any(c in topic for c in "+#"):
-            raise PermanentError(f"mqtt sink {sink.name}: invalid topic {topic!r}")
+        topic = publish_topic(self.mqtt.topic(*base, alert.name), f"mqtt sink {sink.name}")
         await self.mqtt.publish(topic, body)
         return f"published to {topic}"
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import aiomqtt
 
-from agent.adapters.edge import effect_action
+from agent.adapters.edge import effect_action, publish_topic
 from agent.adapters.mqtt import commands as mqtt_commands
 from agent.adapters.mqtt.config import MqttConfig
 from agent.adapters.mqtt.projection import Projection
@@ -153,8 +153,7 @@ class MqttLink:
         effect = effect_action(action, "mqtt")
         topic = effect.fill(effect.effect.topic)
         payload = effect.fill(effect.effect.payload) or effect.target
-        if not topic or any(c in topic for c in "+#"):
-            raise PermanentError(f"invalid MQTT topic {topic!r}")
+        publish_topic(topic, f"mqtt effect {action.id}")
         await self.publish(topic, payload.encode(), retain=bool(effect.target))
         return f"published to {topic}"
 
