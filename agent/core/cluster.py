@@ -56,13 +56,15 @@ def acting(draft: Draft, spec: DomainSpec) -> str:
     return f"its definition differs on {', '.join(differ)}" if differ else ""
 
 
-def facts(draft: Draft, spec: DomainSpec) -> dict[str, object] | None:
+def facts(draft: Draft, spec: DomainSpec, now: float) -> dict[str, object] | None:
     """`nodes` for a cluster domain's expressions: what each named node published.
 
     None (wait) while a node that is still a member has not published the fact or its probe
-    has no verdict yet: the blind spot after a start is not a failure. A node that is no
-    longer a member reads as down.
+    has no verdict yet, and, right after the link came up, for a node not seen at all yet:
+    the blind spot after a start is not a failure. Otherwise a node that is not a member reads
+    as down.
     """
+    cluster = draft.cluster
     nodes: dict[str, dict[str, dict[str, object] | bool]] = {}
     texts = [spec.goal, *(t.guard for t in spec.transitions), *(v.bind for v in spec.variables)]
     for text in texts:
@@ -73,7 +75,9 @@ def facts(draft: Draft, spec: DomainSpec) -> dict[str, object] | None:
             table = entry[kind]
             assert isinstance(table, dict)
             value = published.get(f"{kind[:-1]}/{name}") if published is not None else None
-            if node in draft.cluster.members and (value is None or value.startswith("unknown")):
+            if node in cluster.members and (value is None or value.startswith("unknown")):
+                return None
+            if published is None and now < cluster.settled_at:
                 return None
             table[name] = _service(value) if kind == "services" else _probe(value)
     return {"nodes": nodes, "services": {}, "probes": {}}
@@ -104,8 +108,10 @@ def observed(draft: Draft, inp: ClusterObserved) -> None:
         _step_down(draft, old.fence)
     if fence and fence != old.fence:
         draft.log("info", f"leading the cluster (fence {fence}); loading its state")
+    settled_at = old.settled_at if old.healthy else inp.at + inp.settle
     draft.cluster = evolve(
         draft.cluster,
+        settled_at=settled_at if inp.healthy else 0.0,
         healthy=inp.healthy,
         leader=inp.leader,
         fence=fence,

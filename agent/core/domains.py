@@ -23,7 +23,7 @@ from agent.core.state import DomainState, InFlight
 MAX_ROUNDS = 16
 
 
-def facts(draft: Draft, spec: DomainSpec) -> dict[str, object] | None:
+def facts(draft: Draft, spec: DomainSpec, now: float = 0.0) -> dict[str, object] | None:
     """The services and probes a domain's expressions name, as CEL maps.
 
     None while a named service is unobserved, up with its probes' verdict still pending, or
@@ -32,7 +32,7 @@ def facts(draft: Draft, spec: DomainSpec) -> dict[str, object] | None:
     a domain acts on facts, not on the blind spot right after a start.
     """
     if spec.scope == "cluster":
-        return cluster.facts(draft, spec)
+        return cluster.facts(draft, spec, now)
     services: dict[str, dict[str, object]] = {}
     probes: dict[str, dict[str, object]] = {}
     texts = [spec.goal, *(t.guard for t in spec.transitions), *(v.bind for v in spec.variables)]
@@ -93,7 +93,7 @@ def _round(draft: Draft, name: str, spec: DomainSpec, now: float) -> bool:
     decls = draft.index.decls[name]
     if spec.scope == "cluster" and _not_ours(draft, name, spec, now):
         return False
-    known = facts(draft, spec)
+    known = facts(draft, spec, now)
     if known is None:
         return False
     try:

@@ -111,6 +111,8 @@ class ClusterObserved:
     fence: int = 0
     members: tuple[str, ...] = ()
     facts: Map[str, Map[str, str]] = field(default_factory=Map)
+    settle: float = 0.0
+    """How long after the link comes up a node not seen yet is waited for, not taken as down."""
 
 
 @dataclass(frozen=True)

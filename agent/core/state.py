@@ -130,6 +130,8 @@ class ClusterState:
     members: tuple[str, ...] = ()
     facts: Map[str, Map[str, str]] = field(default_factory=Map)
     """node -> fact name (`probe/<p>`, `service/<s>`, `digest/<domain>`) -> value."""
+    settled_at: float = 0.0
+    """From then on, a node that is neither a member nor publishing reads as down."""
     next_id: int = CLUSTER_IDS
 
 

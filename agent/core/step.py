@@ -141,6 +141,8 @@ def _tick(draft: Draft, now: float) -> None:
             domains.evaluate_domain(draft, name, now)
         if not dom.satisfied or fingerprint(Builtin.GOAL_BROKEN, name) in draft.alerts:
             alerts.domain_rule(draft, name, now)
+    if draft.cluster.fence:  # the leader re-judges: a node waited for may now count as down
+        _cluster_domains(draft, now)
     groups.tick(draft, now)
 
 

@@ -96,10 +96,14 @@ class ClusterBridge:
         """The link's change callback: submit the view; a new term adopts the record."""
         facts = Map({node: Map(dict(f)) for node, f in view.facts.items()})
         fence = view.fence or 0
+        settle = 2.0 * self.link.config.ttl
         self._submit(ClusterObserved(self._clock(), view.healthy, view.leader or "", fence,
-                                     tuple(view.members), facts))  # fmt: skip
-        if fence and fence != self._adopting:
-            self._adopting = fence
+                                     tuple(view.members), facts, settle))  # fmt: skip
+        live = fence if view.healthy else 0  # as the core sees it: unhealthy ends the term
+        if not live:
+            self._adopting = 0  # a term that resumes (same fence) is adopted again
+        elif live != self._adopting:
+            self._adopting = live
             task = asyncio.get_running_loop().create_task(self._adopt(fence), name="cluster-adopt")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -157,7 +161,7 @@ class ClusterBridge:
                 if await self.link.fenced_put(RECORD_KEY, text, term=term):
                     return True
         except (TransientError, TimeoutError) as err:
-            log.warning("cluster: the cluster state is not written yet (%s); effects wait", err)
+            log.warning("cluster: the cluster state is not written yet (%r); effects wait", err)
             return False
         log.warning("cluster: fence %d is no longer the leader's; its effects are dropped", fence)
         return False
