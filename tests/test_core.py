@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from immutables import Map
 
 from agent.core.actions import (
     Action,
@@ -18,6 +19,8 @@ from agent.core.actions import (
 )
 from agent.core.inputs import (
     ActionCompleted,
+    ClusterAdopted,
+    ClusterObserved,
     GoalsRejected,
     ManagerStarted,
     OperatorCommand,
@@ -805,3 +808,28 @@ def test_a_reboot_is_not_a_crash_of_every_unit() -> None:
     first = h.feed(UnitObserved("web.service", "inactive", "dead", 11))
     assert logs(first) == ["web: unit is inactive; starting"]
     assert h.state.services["web"].restarts == ()
+
+
+def test_a_cluster_group_is_routed_by_the_leader_over_its_members_nodes() -> None:
+    group = FailoverGroup(
+        "db",
+        (Member("a", probes=("hz",), node="n1"), Member("b", probes=("hz",), node="n2")),
+        switch_after=1,
+        effects=(Effect("http", url="http://lb/{target}"),),
+        scope="cluster",
+    )
+    h = Harness()
+    h.load(GoalSet(probes=(http_probe("hz"),), groups=(group,)))
+
+    def facts(*up: str) -> Map[str, Map[str, str]]:
+        return Map({n: Map({"probe/hz": "healthy"}) for n in up})
+
+    follower = h.feed(ClusterObserved(1, True, "n3", 0, ("n1", "n2", "n3"), facts("n1", "n2")))
+    assert not [a for a in follower if isinstance(a, RunEffect)]  # a follower never routes
+    h.feed(ClusterObserved(2, True, "n3", 7, ("n1", "n2", "n3"), facts("n1", "n2")))
+    first = h.feed(ClusterAdopted(3, 7, None))
+    routed = [a for a in first if isinstance(a, RunEffect)]
+    assert [(a.target, a.fence) for a in routed] == [("a", 7)]
+    h.feed(ActionCompleted(routed[0].id, True, 4, fence=7))
+    gone = h.feed(ClusterObserved(5, True, "n3", 7, ("n2", "n3"), facts("n2")))  # n1 vanished
+    assert [(a.target, a.fence) for a in gone if isinstance(a, RunEffect)] == [("b", 7)]

@@ -900,3 +900,18 @@ def test_an_expression_over_the_evaluators_budget_is_refused_at_load() -> None:
     found = bad(body)
     assert len(found) == 1 and found[0].startswith("g.yaml:5:12: goal: too costly: "), found
     assert "budget" in found[0]
+
+
+def test_members_of_cluster_groups_name_their_node_and_only_those() -> None:
+    local = bad("""\
+    probes: {hz: {tcp: {host: h, port: 1}}}
+    groups:
+      g: {members: [{name: a, probes: [hz], node: h1}]}
+    """)
+    assert local == ["g.yaml:4:3: member 'a' names a node: needs `scope: cluster`"]
+    cluster = bad("""\
+    probes: {hz: {tcp: {host: h, port: 1}}}
+    groups:
+      g: {scope: cluster, members: [{name: a, probes: [hz]}]}
+    """)
+    assert cluster == ["g.yaml:4:3: member 'a' of a cluster group needs a node"]

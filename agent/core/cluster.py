@@ -22,7 +22,7 @@ from agent.core.actions import RunEffect
 from agent.core.draft import Draft, evolve
 from agent.core.expr import node_references
 from agent.core.inputs import ClusterAdopted, ClusterObserved
-from agent.core.spec import DomainSpec
+from agent.core.spec import DomainSpec, FailoverGroup
 from agent.core.state import CLUSTER_IDS, ClusterRecord, ClusterState, State
 
 DOWN_SERVICE: dict[str, object] = {
@@ -39,8 +39,32 @@ def scoped(draft: Draft | State) -> list[DomainSpec]:
     return [d for d in draft.goals.domains if d.scope == "cluster"]
 
 
-def acting(draft: Draft, spec: DomainSpec) -> str:
-    """Why this node may not decide for a cluster domain now ("" when it may)."""
+def scoped_groups(draft: Draft | State) -> list[FailoverGroup]:
+    """The cluster-scoped failover groups of the goals."""
+    return [g for g in draft.goals.groups if g.scope == "cluster"]
+
+
+def digest_fact(spec: DomainSpec | FailoverGroup) -> str:
+    """The fact name under which nodes publish their digest of a cluster domain or group."""
+    return f"digest/{spec.name}" if isinstance(spec, DomainSpec) else f"digest/group/{spec.name}"
+
+
+def member_status(draft: Draft, node: str, probes: tuple[str, ...], now: float) -> str:
+    """A cluster group member, from its node's facts: good, degraded, down or wait."""
+    cluster = draft.cluster
+    published = cluster.facts.get(node)
+    if published is None:
+        return "wait" if node in cluster.members or now < cluster.settled_at else "down"
+    verdicts = [published.get(f"probe/{p}") for p in probes]
+    if any(v is None or v.startswith("unknown") for v in verdicts):
+        return "wait"
+    if not probes or any(not v.startswith("healthy") for v in verdicts if v is not None):
+        return "down"
+    return "degraded" if any(v.endswith("over_budget") for v in verdicts if v) else "good"
+
+
+def acting(draft: Draft, spec: DomainSpec | FailoverGroup) -> str:
+    """Why this node may not decide for a cluster domain or group now ("" when it may)."""
     cluster = draft.cluster
     if not cluster.healthy:
         return "the cluster link is down"
@@ -51,7 +75,7 @@ def acting(draft: Draft, spec: DomainSpec) -> str:
     differ = sorted(
         node
         for node, facts in cluster.facts.items()
-        if facts.get(f"digest/{spec.name}", spec.digest) != spec.digest
+        if facts.get(digest_fact(spec), spec.digest) != spec.digest
     )
     return f"its definition differs on {', '.join(differ)}" if differ else ""
 
@@ -119,7 +143,7 @@ def observed(draft: Draft, inp: ClusterObserved) -> None:
         members=inp.members,
         facts=inp.facts,
     )
-    if scoped(draft):
+    if scoped(draft) or scoped_groups(draft):
         summary = "cluster link down: cluster domains paused, local supervision goes on"
         alerts.set_alert(draft, "ClusterUnavailable", "cluster", not inp.healthy, "warning",
                          summary, inp.at)  # fmt: skip
@@ -144,6 +168,10 @@ def adopt(draft: Draft, inp: ClusterAdopted) -> None:
         kept = record.domains.get(spec.name)
         if kept is not None and spec.name in draft.domains:
             draft.set_domain(spec.name, kept)
+    for group in scoped_groups(draft):
+        kept_group = record.groups.get(group.name)
+        if kept_group is not None:
+            draft.groups = draft.groups.set(group.name, kept_group)
     for action in record.pending:
         moved = evolve(action, fence=cluster.fence)
         draft.pending = draft.pending.set(action.id, moved)
@@ -161,7 +189,10 @@ def record(state: State) -> ClusterRecord:
         a for i, a in sorted(state.pending.items()) if i >= CLUSTER_IDS and isinstance(a, RunEffect)
     )
     domains = Map({n: d for n, d in state.domains.items() if n in names})
-    return ClusterRecord(domains=domains, pending=pending, next_id=state.cluster.next_id)
+    group_names = {g.name for g in scoped_groups(state)}
+    groups = Map({n: g for n, g in state.groups.items() if n in group_names})
+    return ClusterRecord(domains=domains, pending=pending, next_id=state.cluster.next_id,
+                         groups=groups)  # fmt: skip
 
 
 def leading(state: State) -> ClusterState | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agent.core import alerts
+from agent.core import alerts, cluster
 from agent.core.actions import Owner, RunEffect
 from agent.core.draft import Draft, evolve
 from agent.core.spec import Effect, FailoverGroup
@@ -34,9 +34,24 @@ def _status(draft: Draft, probes: tuple[str, ...]) -> tuple[str, float]:
     return ("degraded" if slow else "good"), latency
 
 
-def choose(draft: Draft, group: FailoverGroup, current: str) -> str:
-    """The member that should have the route now; "" when every member is down. Pure."""
-    status = {m: _status(draft, probes) for m, probes in draft.index.members[group.name]}
+def _statuses(draft: Draft, group: FailoverGroup, now: float) -> dict[str, tuple[str, float]]:
+    """Each member's status and latency; a cluster group's come from its nodes' facts, ranked
+    by preference (the facts carry verdicts, not latencies: they change only with a verdict)."""
+    judged = draft.index.members[group.name]
+    if group.scope != "cluster":
+        return {m: _status(draft, probes) for m, probes in judged}
+    nodes = {m.name: m.node for m in group.members}
+    return {m: (cluster.member_status(draft, nodes[m], probes, now), float(i))
+            for i, (m, probes) in enumerate(judged)}  # fmt: skip
+
+
+def choose(draft: Draft, group: FailoverGroup, current: str, now: float = 0.0) -> str:
+    """The member that should have the route now; "" when every member is down. Pure.
+
+    While a cluster group's member is still waited for (`wait`), the route stays."""
+    status = _statuses(draft, group, now)
+    if any(s == "wait" for s, _ in status.values()):
+        return current
     preferred = group.members[0].name
     if group.auto_restore and status[preferred][0] == "good":
         return preferred
@@ -52,8 +67,10 @@ def choose(draft: Draft, group: FailoverGroup, current: str) -> str:
 def evaluate(draft: Draft, name: str, now: float) -> None:
     """Re-decide a group's route after a probe result."""
     group = draft.index.groups[name]
+    if group.scope == "cluster" and cluster.acting(draft, group):
+        return  # a follower, or the link is down: the leader routes
     state = draft.groups.get(name, GroupState())
-    best = choose(draft, group, state.route)
+    best = choose(draft, group, state.route, now)
     down = best == ""
     alerts.set_alert(draft, "AllMembersDown", name, down, "critical",
                      f"failover group {name}: every member is down", now)  # fmt: skip
@@ -84,12 +101,14 @@ def _apply(
     if not group.effects:
         return evolve(state, applied=state.route)
     owner = Owner("group", name)
-    ids = tuple(draft.track(_maker(e, owner, state.route)) for e in group.effects)
+    fence = draft.cluster.fence if group.scope == "cluster" else 0
+    track = draft.track_cluster if fence else draft.track
+    ids = tuple(track(_maker(e, owner, state.route, fence)) for e in group.effects)
     return evolve(state, in_flight=ids, target=state.route, done=())
 
 
-def _maker(effect: Effect, owner: Owner, target: str) -> Callable[[int], RunEffect]:
-    return lambda action_id: RunEffect(action_id, effect, owner, "route", target)
+def _maker(effect: Effect, owner: Owner, target: str, fence: int) -> Callable[[int], RunEffect]:
+    return lambda action_id: RunEffect(action_id, effect, owner, "route", target, fence)
 
 
 def _store(draft: Draft, name: str, state: GroupState) -> None:
@@ -122,4 +141,6 @@ def tick(draft: Draft, now: float) -> None:
     for name, state in draft.groups.items():
         if state.retry_at and state.retry_at <= now and not state.in_flight:
             group = draft.index.groups[name]
+            if group.scope == "cluster" and cluster.acting(draft, group):
+                continue
             _store(draft, name, _apply(draft, name, group, evolve(state, retry_at=0.0), now))

@@ -159,6 +159,8 @@ class Member:
     name: str
     service: str = ""
     probes: tuple[str, ...] = ()
+    node: str = ""
+    """In a cluster group: the node whose published verdicts judge this member."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,9 @@ class FailoverGroup:
     switch_after: int = 3
     auto_restore: bool = True
     effects: tuple[Effect, ...] = ()
+    scope: Scope = "local"
+    """`cluster`: routed by the one leader of the cluster, over the members' nodes' facts."""
+    digest: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,7 @@ class ClusterRecord:
     domains: Map[str, DomainState] = field(default_factory=Map)
     pending: tuple[RunEffect, ...] = ()
     next_id: int = CLUSTER_IDS
+    groups: Map[str, GroupState] = field(default_factory=Map)
 
 
 @dataclass(frozen=True)

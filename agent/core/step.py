@@ -74,6 +74,8 @@ def _cluster_domains(draft: Draft, at: float) -> None:
     for spec in cluster.scoped(draft):
         if spec.name in draft.domains:
             domains.evaluate_domain(draft, spec.name, at)
+    for group in cluster.scoped_groups(draft):
+        groups.evaluate(draft, group.name, at)
 
 
 def restore(state: State) -> tuple[TrackedAction, ...]:
@@ -235,7 +237,10 @@ def build_index(goals: GoalSet) -> Index:
         for g in goals.groups
     }  # a service member is judged by its service's probes
     probe_groups: dict[str, list[str]] = {}
+    local = {g.name for g in goals.groups if g.scope == "local"}
     for group, judged in members.items():
+        if group not in local:
+            continue  # a cluster group is judged by its nodes' facts, not by local results
         for _, checks in judged:
             for probe in checks:
                 probe_groups.setdefault(probe, []).append(group)

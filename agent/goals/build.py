@@ -194,11 +194,14 @@ def _widen(value: Scalar, kind: str) -> Scalar:
 def group(name: str, m: GroupModel) -> FailoverGroup:
     """A FailoverGroup; members keep their order of preference."""
     members = tuple(
-        Member(name=x.name, service=x.service or "", probes=tuple(x.probes)) for x in m.members
+        Member(name=x.name, service=x.service or "", probes=tuple(x.probes), node=x.node or "")
+        for x in m.members
     )
     effects = tuple(effect(e) for e in m.effects)
     opts = given(switch_after=m.switch_after, auto_restore=m.auto_restore)
-    return FailoverGroup(name=name, members=members, effects=effects, **opts)
+    spec = FailoverGroup(name=name, members=members, effects=effects, scope=m.scope or "local",
+                         **opts)  # fmt: skip
+    return dataclasses.replace(spec, digest=_sha256(dataclasses.asdict(spec)))
 
 
 def sink(name: str, m: SinkModel) -> AlertSink:

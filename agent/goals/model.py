@@ -258,6 +258,7 @@ class MemberModel(Strict):
     name: Name
     service: Name | None = None
     probes: list[Name] = []
+    node: Name | None = None
 
     @model_validator(mode="after")
     def _judged(self) -> MemberModel:
@@ -273,6 +274,17 @@ class GroupModel(Strict):
     switch_after: Count | None = None
     auto_restore: bool | None = None
     effects: list[EffectModel] = []
+    scope: Literal["local", "cluster"] | None = None
+
+    @model_validator(mode="after")
+    def _nodes(self) -> GroupModel:
+        cluster = self.scope == "cluster"
+        for member in self.members:
+            if cluster and member.node is None:
+                raise ValueError(f"member '{member.name}' of a cluster group needs a node")
+            if not cluster and member.node is not None:
+                raise ValueError(f"member '{member.name}' names a node: needs `scope: cluster`")
+        return self
 
 
 class VarModel(Strict):

@@ -26,6 +26,7 @@ from agent.adapters.cluster.link import ClusterLink, ClusterView
 from agent.core import cluster
 from agent.core.actions import Action, RunEffect, TrackedAction
 from agent.core.inputs import ClusterAdopted, ClusterObserved, Input
+from agent.core.spec import DomainSpec, FailoverGroup
 from agent.core.state import ClusterRecord, State
 from agent.errors import JournalCorrupt, TransientError
 from agent.journal import codec
@@ -70,8 +71,10 @@ def facts_of(state: State) -> dict[str, str]:
         facts[f"probe/{name}"] = verdict + (" over_budget" if probe.over_budget else "")
     for name, svc in state.services.items():
         facts[f"service/{name}"] = f"{svc.lifecycle} {svc.health}"
-    for spec in cluster.scoped(state):
-        facts[f"digest/{spec.name}"] = spec.digest
+    specs: list[DomainSpec | FailoverGroup] = [*cluster.scoped(state)]
+    specs += cluster.scoped_groups(state)
+    for spec in specs:
+        facts[cluster.digest_fact(spec)] = spec.digest
     return facts
 
 
