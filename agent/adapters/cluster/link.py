@@ -109,7 +109,12 @@ class _Backoff:
 
 
 class ClusterLink:
-    """This node's link to the cluster; see the module docstring."""
+    """This node's link to the cluster; see the module docstring.
+
+    Longer than most classes here on purpose: lease, campaign, watch and publishing share one
+    lease and one view of the election, and each loop must see the others' latest state; the
+    typed etcd calls are in etcd.py, the key space in config.py, the agent's side in bridge.py.
+    """
 
     def __init__(
         self,
