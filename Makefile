@@ -83,7 +83,7 @@ bench: setup
 	$(BIN)/python -m bench
 
 sim: setup
-	SETPOINT_SIM_STEPS=200000 $(BIN)/pytest -q tests/test_simulation.py
+	SETPOINT_SIM_STEPS=200000 $(BIN)/pytest -q tests/core/test_simulation.py
 
 install:
 	$(INSTALL_ENV) deploy/install.sh install

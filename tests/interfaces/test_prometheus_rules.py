@@ -10,9 +10,9 @@ from pathlib import Path
 import yaml
 
 from agent.interfaces.metrics import Metrics
-from tests.test_metrics import promtool, sample_state
+from tests.interfaces.test_metrics import promtool, sample_state
 
-DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 
 
 def run_promtool(*args: str) -> str:

@@ -12,7 +12,7 @@ from agent.core.spec import GoalSet, ProbeSpec, ServiceSpec
 from agent.core.state import State
 from agent.core.step import step
 from agent.interfaces.metrics import Metrics, _label
-from tests.test_metrics import promtool, sample_state
+from tests.interfaces.test_metrics import promtool, sample_state
 
 
 def test_probe_histogram_counts_are_cumulative_with_le_inclusive() -> None:

@@ -15,7 +15,7 @@ from agent.errors import ConfigError
 from agent.goals import goals_schema, load_goals
 from agent.goals.durations import parse_duration
 
-CONFIG = Path(__file__).resolve().parent.parent / "config"
+CONFIG = Path(__file__).resolve().parents[2] / "config"
 
 FULL = """\
 apiVersion: setpoint/v1

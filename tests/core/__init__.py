@@ -1,0 +1,1 @@
+"""Tests of the pure core: table-driven, and seeded simulations with invariants after every step."""

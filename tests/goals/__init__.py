@@ -1,0 +1,1 @@
+"""Tests of the goal-file edge: YAML, schema, CEL checks, file:line:col."""

@@ -1,0 +1,1 @@
+"""Tests of the whole agent as a process (and the runtime wired as the app wires it)."""
