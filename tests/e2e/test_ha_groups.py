@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from agent.core.state import CLUSTER_IDS
 from tests.e2e.ha import SERVICE_PORT, HaCluster, Request, ha_cluster, wait_for
 
 ROUTE = "/route"
@@ -186,6 +187,7 @@ def check_sent(
     assert len(ids) == 1, f"{len(ids)} route actions to {target}: {ids}\n{evidence(rig)}"
     first = requests[0]
     assert first.action_id is not None, f"no X-Setpoint-Action-Id\n{evidence(rig)}"
+    assert first.action_id >= CLUSTER_IDS, f"not a cluster counter's id\n{evidence(rig)}"
     assert all(r.accepted for r in requests), evidence(rig)
     senders = {rig.receiver.node_of(r.peer) for r in requests}
     assert senders == {leader}, f"sent by {senders}, leader {leader}\n{evidence(rig)}"
