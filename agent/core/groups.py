@@ -81,7 +81,9 @@ def evaluate(draft: Draft, name: str, now: float) -> None:
     else:
         streak = state.streak + 1 if best == state.candidate else 1
         state = evolve(state, candidate=best, streak=streak)
-        if streak >= group.switch_after:
+        # a cluster group is re-judged on every fact change and tick, not per probe result:
+        # its members' verdicts are already debounced by their probes' failures/successes
+        if streak >= (group.switch_after if group.scope == "local" else 1):
             draft.log("warning", f"route {state.route} -> {best}", name)
             state = evolve(state, route=best, candidate="", streak=0, switches=state.switches + 1)
     off_preferred = bool(state.route) and state.route != group.members[0].name
