@@ -132,10 +132,12 @@ def observed(draft: Draft, inp: ClusterObserved) -> None:
         _step_down(draft, old.fence)
     if fence and fence != old.fence:
         draft.log("info", f"leading the cluster (fence {fence}); loading its state")
-    settled_at = old.settled_at if old.healthy else inp.at + inp.settle
+    # the first time the link comes up (a blip later does not reopen the window: nodes seen
+    # before it vanished for real)
+    settled_at = old.settled_at or (inp.at + inp.settle if inp.healthy else 0.0)
     draft.cluster = evolve(
         draft.cluster,
-        settled_at=settled_at if inp.healthy else 0.0,
+        settled_at=settled_at,
         healthy=inp.healthy,
         leader=inp.leader,
         fence=fence,

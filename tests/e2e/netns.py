@@ -235,6 +235,7 @@ class EtcdCluster:
             "--initial-advertise-peer-urls", f"http://{addr}:2380",
             "--initial-cluster", self.initial, "--initial-cluster-state", state,
             "--initial-cluster-token", self.net.tag,
+            "--pre-vote",  # a member back from a cut does not unseat the leader (default in 3.5)
             "--heartbeat-interval", "100", "--election-timeout", "1000",
             "--logger", "zap", "--log-outputs", "stderr",
         ], self.log(name))  # fmt: skip
