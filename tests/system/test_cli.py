@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -76,21 +76,28 @@ def test_hostile_yaml_is_refused_located_in_bounded_time_and_memory(
     traceback, under a second and a bounded RSS, whatever the YAML library's wording."""
     path = tmp_path / "g.yaml"
     path.write_bytes(HOSTILE[name].encode("utf-8", "surrogateescape"))
-    out, err = tmp_path / "out", tmp_path / "err"
     start = time.monotonic()
-    with out.open("w") as stdout, err.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "validate", str(path)], stdout=stdout, stderr=stderr
-        )
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS, not any other's
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds, rss_mb = time.monotonic() - start, usage.ru_maxrss / 1024
-    text = err.read_text()
-    assert proc.returncode == 2, out.read_text() + text
-    assert "Traceback" not in text
-    first = text.splitlines()[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "validate", str(path)],
+        capture_output=True, text=True, check=False, timeout=30, preexec_fn=_memory_bound,
+    )  # fmt: skip
+    seconds = time.monotonic() - start
+    assert result.returncode == 2, result.stdout + result.stderr  # a MemoryError would be 1
+    assert "Traceback" not in result.stderr
+    first = result.stderr.splitlines()[0]
     assert re.fullmatch(rf"{re.escape(str(path))}:\d+:\d+: \S.{{8,}}", first), first
-    assert seconds < 5.0 and rss_mb < 200, (seconds, rss_mb)
+    assert seconds < 5.0, seconds
+
+
+def _memory_bound() -> None:
+    """In the child before exec: 512 MiB of address space (validate needs well under 300).
+
+    Enforced rather than measured: a peak RSS read from the child (wait4, getrusage) carries
+    the forked test process's own high-water mark across exec on Linux."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BOUND, MEMORY_BOUND))
+
+
+MEMORY_BOUND = 512 * 1024 * 1024
 
 
 def test_validate_warns_of_file_effects_the_shipped_sandbox_cannot_write(tmp_path: Path) -> None:
