@@ -136,12 +136,14 @@ class Journal:
             seq, state = await verify.base(self._db)
             state, seq, recorded = await verify.replay(self._db, self._step, state, seq)
         if recorded is not None and codec.digest(state) != recorded:
-            log.warning(
-                "%s: replay up to entry %d does not reproduce the recorded state "
-                "(written by decision logic before %d?); continuing with the replayed state",
+            older = seq < self._logic_from  # an older logic wrote it: expected after an upgrade
+            log.log(
+                logging.INFO if older else logging.WARNING,
+                "%s: replay up to entry %d does not reproduce the recorded state%s; "
+                "continuing with the replayed state",
                 self.path,
                 seq,
-                self.logic,
+                f" (written by decision logic before {self.logic})" if older else "",
             )
         self._state = state
         if not self.readonly and self._logic_from == seq + 1 and self._snap_seq < seq:
