@@ -90,10 +90,9 @@ def facts(draft: Draft, spec: DomainSpec, now: float) -> dict[str, object] | Non
     """
     cluster = draft.cluster
     nodes: dict[str, dict[str, dict[str, object] | bool]] = {}
-    texts = [spec.goal, *(t.guard for t in spec.transitions), *(v.bind for v in spec.variables)]
-    for text in texts:
+    for text in spec.expressions:
         for node, kind, name in node_references(text):
-            published = draft.cluster.facts.get(node)
+            published = cluster.facts.get(node)
             entry = nodes.setdefault(node, {"up": published is not None, "services": {},
                                             "probes": {}})  # fmt: skip
             table = entry[kind]
@@ -147,8 +146,8 @@ def observed(draft: Draft, inp: ClusterObserved) -> None:
     )
     if scoped(draft) or scoped_groups(draft):
         summary = "cluster link down: cluster domains paused, local supervision goes on"
-        alerts.set_alert(draft, "ClusterUnavailable", "cluster", not inp.healthy, "warning",
-                         summary, inp.at)  # fmt: skip
+        rule = alerts.Builtin.CLUSTER_UNAVAILABLE.value
+        alerts.set_alert(draft, rule, "cluster", not inp.healthy, "warning", summary, inp.at)
 
 
 def _step_down(draft: Draft, fence: int) -> None:

@@ -23,7 +23,7 @@ from agent.core.state import DomainState, InFlight
 MAX_ROUNDS = 16
 
 
-def facts(draft: Draft, spec: DomainSpec, now: float = 0.0) -> dict[str, object] | None:
+def facts(draft: Draft, spec: DomainSpec, now: float) -> dict[str, object] | None:
     """The services and probes a domain's expressions name, as CEL maps.
 
     None while a named service is unobserved, up with its probes' verdict still pending, or
@@ -35,8 +35,7 @@ def facts(draft: Draft, spec: DomainSpec, now: float = 0.0) -> dict[str, object]
         return cluster.facts(draft, spec, now)
     services: dict[str, dict[str, object]] = {}
     probes: dict[str, dict[str, object]] = {}
-    texts = [spec.goal, *(t.guard for t in spec.transitions), *(v.bind for v in spec.variables)]
-    for text in texts:
+    for text in spec.expressions:
         for kind, name in references(text):
             if kind == "services" and name in draft.services:
                 svc = draft.services[name]

@@ -147,6 +147,12 @@ class DomainSpec:
     origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     """Where each expression is written: (expression text, `file:line:col`); not in the digest."""
 
+    @property
+    def expressions(self) -> tuple[str, ...]:
+        """Every CEL text of the domain: the goal, the guards, the bindings."""
+        binds = (v.bind for v in self.variables if v.bind)
+        return (self.goal, *(t.guard for t in self.transitions), *binds)
+
     def origin(self, text: str) -> str:
         """The `file:line:col` of an expression of this domain, or its name when unknown."""
         return next((where for t, where in self.origins if t == text), f"domain {self.name}")

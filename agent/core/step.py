@@ -222,8 +222,7 @@ def build_index(goals: GoalSet) -> Index:
     svc_doms: dict[str, list[str]] = {}
     probe_doms: dict[str, list[str]] = {}
     for dom in goals.domains:
-        texts = [dom.goal, *(t.guard for t in dom.transitions), *(v.bind for v in dom.variables)]
-        for text in texts:
+        for text in dom.expressions:
             for kind, name in references(text):
                 target = svc_doms if kind == "services" else probe_doms
                 if dom.name not in target.setdefault(name, []):

@@ -92,6 +92,8 @@ class ClusterBridge:
         self._tasks: set[asyncio.Task[None]] = set()
         self._written: ClusterRecord | None = None
         self._held: dict[int, Action] = {}
+        self._settled: State | None = None
+        """The last state whose record is known to be in etcd as it stands."""
 
     # -- link -> core -----------------------------------------------------------------------
 
@@ -141,15 +143,18 @@ class ClusterBridge:
         self, before: State, after: State, actions: Sequence[Action]
     ) -> Sequence[Action]:
         """Write the leader's record before its cluster actions may run (fenced)."""
+        if after is self._settled and not self._held:
+            return actions  # nothing changed since the record was known written (most ticks)
         fenced = {a.id: a for a in actions if isinstance(a, RunEffect) and a.fence}
         held = {**self._held, **fenced}
         record = cluster.record(after)
         if not held and record == self._written:
+            self._settled = after
             return actions
         lead = cluster.leading(after)
         local = [a for a in actions if not (isinstance(a, RunEffect) and a.fence)]
         if lead is not None and await self._write(record, lead.fence):
-            self._written, self._held = record, {}
+            self._written, self._held, self._settled = record, {}, after
             return local + [a for i, a in sorted(held.items()) if i in after.pending]
         self._held = {i: a for i, a in held.items() if i in after.pending and lead is not None}
         return local
