@@ -589,14 +589,19 @@ def booted_debian() -> Iterator[Container]:
     """A booted Debian with the checkout at SRC and the wheelhouse at WHEELHOUSE (read-only).
 
     Setpoint is not installed yet: that is `make_install`, the operator's step.
+    One container on the host at a time (other pytest runs wait): two booted at once share
+    their units' cgroups on a cgroup-v1 host, and each sees the other's processes die.
     """
     timings: dict[str, float] = {}
-    with terminate_is_interrupt():
+    with terminate_is_interrupt(), contextlib.ExitStack() as stack:
         for stale in sweep_stale():
             log(f"removed a stale session: {stale}")
         t = time.monotonic()
         tree = rootfs()
         timings["rootfs"] = time.monotonic() - t
+        t = time.monotonic()
+        stack.enter_context(_locked("container"))  # one at a time: see the docstring
+        timings["queued"] = time.monotonic() - t
         t = time.monotonic()
         cached = wheelhouse()
         timings["wheelhouse"] = time.monotonic() - t
