@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := systemd dbus-user-session mosquitto prometheus prometheus-alertmanager polkitd openssl \
-	etcd-server etcd-client iproute2 debootstrap systemd-container
+	etcd-server etcd-client iproute2 debootstrap systemd-container faketime chromium chromium-driver \
+	monit prometheus-blackbox-exporter
 STATE_DIR ?= $(CURDIR)/run/state
 METRICS_PORT ?= 9477
 
