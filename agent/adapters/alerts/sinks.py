@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -106,8 +107,11 @@ class Sinks:
         clock: Callable[[], float] = time.time,
         env: Mapping[str, str] = os.environ,
         timeout: float = 10.0,
+        to_wall: Callable[[float], float] | None = None,
     ) -> None:
         self._sinks = sinks
+        self._to_wall = to_wall
+        """Readings of `clock` as wall time (agent.runtime.clock); what Alertmanager reads."""
         self.hostname = hostname
         self.mqtt = mqtt
         self.generator_url = generator_url or f"http://{hostname}/"
@@ -153,6 +157,9 @@ class Sinks:
     async def deliver(self, sink: AlertSink, alert: Alert, action_id: int) -> str:
         """One alert to one sink; TransientError or PermanentError when it is not accepted."""
         now = self._clock()
+        if (wall := self._to_wall) is not None:
+            ends = wall(alert.ends_at) if alert.ends_at else 0.0
+            alert, now = replace(alert, starts_at=wall(alert.starts_at), ends_at=ends), wall(now)
         if sink.kind == "alertmanager":
             url = sink.url.rstrip("/") + "/api/v2/alerts"
             body = alertmanager_body(alert, self.hostname, now, self.generator_url)
@@ -165,6 +172,20 @@ class Sinks:
                 headers[SIGNATURE_HEADER] = sign(self._secret(sink), body)
             return await self._post(sink.url, body, headers)
         return await self._publish(sink, alert, body)
+
+    async def broadcast(self, alert: Alert) -> None:
+        """Best effort, untracked: `alert` to every sink (or the log when there is none); for
+        what cannot wait for the journal (it is the journal that fails)."""
+        sinks = self._sinks()
+        results = await asyncio.gather(
+            *(self.deliver(s, alert, 0) for s in sinks), return_exceptions=True
+        )
+        for sink, result in zip(sinks, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("alert %s not delivered to %s: %s", alert.name, sink.name, result)
+        if not sinks:
+            log.warning("alert %s (%s): %s", alert.name, "firing" if alert.firing else
+                        "resolved", alert.summary)  # fmt: skip
 
     def _secret(self, sink: AlertSink) -> bytes:
         value = self._env.get(sink.secret_env)
