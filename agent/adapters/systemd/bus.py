@@ -482,7 +482,7 @@ class SystemdAdapter:
         elif load not in ("not-found", "masked"):
             with contextlib.suppress(ReplyError):
                 reply = await self._call(
-                    bus, path, PROPERTIES, "Get", "ss", [UNIT, "StateChangeTimestamp"]
+                    bus, path, PROPERTIES, "Get", "ss", [UNIT, "StateChangeTimestampMonotonic"]
                 )
                 state.changed = int(reply.body[0].value)
         if name.endswith(".service") and load not in ("not-found", "masked"):
@@ -563,9 +563,14 @@ class SystemdAdapter:
                 n_restarts=seen.n_restarts,
                 exit_code=seen.exit_code,
                 exit_status=seen.exit_status,
-                changed_at=seen.changed / 1e6,
+                changed_at=self._on_clock(seen.changed / 1e6) if seen.changed else 0.0,
             )
         )
+
+
+    def _on_clock(self, monotonic: float) -> float:
+        """A CLOCK_MONOTONIC reading (systemd's) on the agent's clock."""
+        return monotonic - time.monotonic() + self._clock()
 
 
 def _values(changed: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ UNIT_PROPS = {
     "ActiveState": "active",
     "SubState": "sub",
     "LoadState": "load",
-    "StateChangeTimestamp": "changed",
+    "StateChangeTimestampMonotonic": "changed",
 }
 SERVICE_PROPS = {
     "Result": "result",
@@ -43,7 +43,8 @@ class Seen:
     exit_code: int = 0
     exit_status: int = 0
     changed: int = 0
-    """systemd's StateChangeTimestamp (us since the epoch); 0 when unknown."""
+    """systemd's StateChangeTimestampMonotonic (us of CLOCK_MONOTONIC: a wall-clock step does
+    not move it); 0 when unknown."""
     touched: dict[str, int] = field(default_factory=dict)
 
     def rebase(self, fetched: Seen, since: int) -> Seen:
