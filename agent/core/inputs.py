@@ -82,6 +82,8 @@ class OperatorCommand:
     command: Command
     at: float
     target: str = ""
+    by: str = ""
+    """Who asked, as the interface that took it knows them: journaled, never decided on."""
 
 
 @dataclass(frozen=True)
