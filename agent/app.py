@@ -42,6 +42,7 @@ from agent.interfaces import http as httpapi
 from agent.interfaces.metrics import Metrics
 from agent.interfaces.sd_notify import Notifier, status_line
 from agent.journal.store import Journal
+from agent.runtime.clock import SteadyClock
 from agent.runtime.lanes import RetryPolicy
 from agent.runtime.loop import Runtime
 
@@ -66,6 +67,7 @@ def wire_outputs(
     *,
     http_port: int = 9477,
     clock: Callable[[], float] = time.time,
+    to_wall: Callable[[float], float] | None = None,
 ) -> Outputs:
     """Register the `alert:*`, `alert` and `mqtt` lanes; feed committed state to MQTT.
 
@@ -85,7 +87,12 @@ def wire_outputs(
         rt.on_commit.append(link.on_commit)
         link.on_commit(rt.state)
     sinks = Sinks(
-        lambda: rt.state.goals.sinks, hostname, mqtt=link, generator_url=generator_url, clock=clock
+        lambda: rt.state.goals.sinks,
+        hostname,
+        mqtt=link,
+        generator_url=generator_url,
+        clock=clock,
+        to_wall=to_wall,
     )
     rt.lanes.register("alert:", sinks.send, ALERT_RETRY)
     rt.lanes.register("alert", sinks.effect, ALERT_RETRY)
@@ -114,9 +121,12 @@ class Options:
 class Daemon:
     """One running agent."""
 
-    def __init__(self, opts: Options, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, opts: Options, clock: Callable[[], float] | None = None) -> None:
         self.opts = opts
-        self.clock = clock
+        self._given_clock = clock
+        self.clock: Callable[[], float] = clock or time.time
+        """The agent's clock (agent.runtime.clock.SteadyClock unless given): set in `serve`."""
+        self._to_wall: Callable[[float], float] | None = None
         self.runtime: Runtime | None = None
         self.systemd: SystemdAdapter | None = None
         self.prober: Prober | None = None
@@ -137,6 +147,9 @@ class Daemon:
         """Run until stopped; the exit status."""
         goals = await self._read_goals()
         journal = await Journal.open(self.opts.state_dir)
+        if self._given_clock is None:
+            steady = SteadyClock(journal.last_at)
+            self.clock, self._to_wall = steady, steady.to_wall
         try:
             state, _ = await journal.load()
             self.metrics = Metrics(lambda: self._state(state), self.clock)
@@ -216,7 +229,12 @@ class Daemon:
             etcd = self.bridge.link
             metrics.watch_link("etcd", lambda: etcd.healthy)
         self.outputs = wire_outputs(
-            rt, self.opts.mqtt, self.opts.hostname, http_port=self.opts.http_port, clock=self.clock
+            rt,
+            self.opts.mqtt,
+            self.opts.hostname,
+            http_port=self.opts.http_port,
+            clock=self.clock,
+            to_wall=self._to_wall,
         )
         if (link := self.outputs.mqtt) is not None:
             metrics.watch_link("mqtt", lambda: link.connected)

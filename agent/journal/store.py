@@ -66,6 +66,8 @@ class Journal:
         self._keep = keep_snapshots
         self._seq = 0
         self._snap_seq = 0
+        self.last_at = 0.0
+        """The newest entry's time (0 when none): where the agent's clock may start."""
         self._state = State()
         self._busy = asyncio.Lock()
         self._writes: set[asyncio.Future[None]] = set()
@@ -229,6 +231,7 @@ class Journal:
             self._seq = await db.scalar("SELECT max(seq) FROM entries") or 0
             self._snap_seq = await db.scalar("SELECT max(seq) FROM snapshots") or 0
             self._seq = max(self._seq, self._snap_seq)
+            self.last_at = await db.scalar("SELECT max(at) FROM entries") or 0.0
             self._logic_from = await schema.logic_begins(
                 db, self.logic, self._seq + 1, readonly=self.readonly
             )
