@@ -126,6 +126,19 @@ class ClusterAdopted:
     record: ClusterRecord | None = None
 
 
+@dataclass(frozen=True)
+class JournalGap:
+    """The journal's own marker (never stepped into a change): the journal could not write from
+    `began` to `at`; `inputs` inputs were decided on meanwhile without a record, `done` says what
+    was done for them, and the snapshot stored with this entry is the state after the gap."""
+
+    began: float
+    at: float
+    inputs: int
+    done: tuple[str, ...]
+    error: str
+
+
 Input = (
     GoalsLoaded
     | GoalsRejected
@@ -137,6 +150,7 @@ Input = (
     | ClusterObserved
     | ClusterAdopted
     | ManagerStarted
+    | JournalGap
 )
 
 

@@ -25,6 +25,7 @@ from agent.core.inputs import (
     GoalsLoaded,
     GoalsRejected,
     Input,
+    JournalGap,
     ManagerStarted,
     OperatorCommand,
     ProbeResult,
@@ -63,6 +64,8 @@ def step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
         case GoalsRejected():
             summary = f"goal reload rejected: {inp.problems[0] if inp.problems else '?'}"
             alerts.set_alert(draft, "GoalsInvalid", "goals", True, "warning", summary, inp.at)
+        case JournalGap():
+            pass  # the journal replaces the state at a gap by the snapshot stored with it
     if isinstance(inp, Tick):  # reminders and retries fall due with time
         alerts.deliver(draft, inp.now)
     elif draft.alerts is not state.alerts:  # news for the sinks goes out at once
