@@ -14,12 +14,13 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from agent import __version__
 from agent.adapters.cluster import bridge as cluster_options
 from agent.adapters.mqtt import config as mqtt_config
 from agent.adapters.systemd.bus import SystemdAdapter
+from agent.cli import explain
 from agent.core.actions import TrackedAction, is_tracked
 from agent.core.inputs import GoalsLoaded, Input, Tick
 from agent.core.state import State
@@ -29,6 +30,7 @@ from agent.goals import goals_schema, load_goals
 from agent.goals.durations import parse_duration
 from agent.interfaces import control, logs
 from agent.interfaces.views import describe, status_dict, status_text
+from agent.journal.reports import HistoryRow
 from agent.journal.statedir import DB_NAME
 from agent.journal.store import Journal
 
@@ -72,18 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         help="where to observe the units now (none: use what the journal last saw)",
     )
 
-    status = sub.add_parser("status", help="current state from the journal")
-    _state_arg(status)
-    status.add_argument("--json", action="store_true")
-
-    hist = sub.add_parser("history", help="inputs and actions from the journal, newest first")
-    _state_arg(hist)
-    hist.add_argument("--service", help="only entries about this service, unit, probe or domain")
-    hist.add_argument("--since", type=_when, help="e.g. 10m (ago), a UNIX time or ISO 8601")
-    hist.add_argument("--until", type=_when)
-    hist.add_argument("--limit", type=_positive, default=50)
-    hist.add_argument("--json", action="store_true")
-
+    _readers(sub)
     sub.add_parser("schema", help="JSON Schema of the goal files")
 
     rule = sub.add_parser("polkit-rule", help="the polkit rule for the units the goals manage")
@@ -106,6 +97,26 @@ def _parser() -> argparse.ArgumentParser:
     verify = jsub.add_parser("verify", help="replay the journal and compare every recorded state")
     _state_arg(verify)
     return top
+
+
+def _readers(sub: Any) -> None:
+    """The commands that read the journal: status, history, explain."""
+    status = sub.add_parser("status", help="current state from the journal")
+    _state_arg(status)
+    status.add_argument("--json", action="store_true")
+
+    hist = sub.add_parser("history", help="inputs and actions from the journal, newest first")
+    _state_arg(hist)
+    hist.add_argument("--service", help="only entries about this service, unit, probe or domain")
+    hist.add_argument("--since", type=_when, help="e.g. 10m (ago), a UNIX time or ISO 8601")
+    hist.add_argument("--until", type=_when)
+    hist.add_argument("--limit", type=_positive, default=50)
+    hist.add_argument("--json", action="store_true")
+
+    why = sub.add_parser("explain", help="why: the causal chain of a service, domain or action")
+    why.add_argument("subject", metavar="SERVICE|DOMAIN|ACTION-ID")
+    why.add_argument("--last", type=_positive, default=5, help="incidents shown (default 5)")
+    _state_arg(why)
 
 
 def _goals_arg(p: argparse.ArgumentParser) -> None:
@@ -215,6 +226,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return asyncio.run(_status(args))
         case "history":
             return asyncio.run(_history(args))
+        case "explain":
+            return asyncio.run(_explain(args))
         case _:
             return asyncio.run(_verify(args.state_dir))
 
@@ -364,6 +377,43 @@ async def _history(args: argparse.Namespace) -> int:
     for row in rows:
         print(json.dumps(row.as_dict()) if args.json else str(row))
     return 0
+
+
+EXPLAIN_ROWS = 100_000
+"""How far back `explain` reads (the journal keeps less once snapshots prune it)."""
+
+
+async def _explain(args: argparse.Namespace) -> int:
+    subject: str = args.subject
+    state = await _load_state(args.state_dir)
+    number = subject.removeprefix("#")
+    if number.isdigit():
+        text = explain.action(int(number), await _rows(args.state_dir, None))
+    elif subject in state.index.services:
+        rows = await _rows(args.state_dir, subject)
+        text = explain.service(state, subject, rows, args.last)
+    elif subject in state.index.domains:
+        text = explain.domain(state, subject, await _rows(args.state_dir, subject), args.last)
+    else:
+        known = sorted([*state.index.services.keys(), *state.index.domains.keys()])
+        print(
+            f"setpoint explain: no service, domain or action id {subject!r} "
+            f"(known: {', '.join(known) or 'none'})",
+            file=sys.stderr,
+        )
+        return 2
+    print(text)
+    return 0
+
+
+async def _rows(state_dir: Path, subject: str | None) -> list[HistoryRow]:
+    """Journal entries (about `subject`), oldest first."""
+    journal = await Journal.open(state_dir, readonly=True)
+    try:
+        rows = await journal.history(subject=subject, limit=EXPLAIN_ROWS)
+    finally:
+        await journal.close()
+    return rows[::-1]
 
 
 async def _verify(state_dir: Path) -> int:
