@@ -97,7 +97,7 @@ def _summary(
     if rule in ("ServiceStartingTooLong", "ServiceStoppingTooLong"):
         return f"{name} {svc.lifecycle} for {held:.0f}s"
     if rule == "ServiceThrashing":
-        return f"{name}: {thrash} transitions in {window:g}s"
+        return f"{name}: {thrash} failure cycles in {window:g}s"
     return f"{name}: {svc.reason}"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from agent.core.actions import UnitJob
 from agent.core.draft import Draft, evolve
 from agent.core.inputs import UnitObserved
-from agent.core.lifecycle import UP, allowed, backoff, derive, exit_reason
+from agent.core.lifecycle import AT_REST, UP, allowed, backoff, derive, exit_reason
 from agent.core.spec import ServiceSpec
 from agent.core.state import Health, Lifecycle, ProbeState, ServiceState
 
@@ -27,9 +27,12 @@ def health_of(draft: Draft, spec: ServiceSpec) -> Health:
 
 
 def _job_op(draft: Draft, svc: ServiceState) -> str | None:
-    """The operation of the agent's job on this unit, while one is in flight."""
+    """The operation of the agent's job on this unit, while one is in flight; a restart whose
+    stop has completed is a start from then on."""
     job = draft.pending.get(svc.job) if svc.job is not None else None
-    return job.op if isinstance(job, UnitJob) else None
+    if not isinstance(job, UnitJob):
+        return None
+    return "start" if job.op == "restart" and svc.stop_done else job.op
 
 
 def refresh(draft: Draft, name: str, svc: ServiceState, at: float) -> ServiceState:
@@ -41,15 +44,17 @@ def refresh(draft: Draft, name: str, svc: ServiceState, at: float) -> ServiceSta
     if lifecycle == "Error" and reason == "unhealthy":
         reason = "unhealthy: " + _probe_detail(draft, spec)
     elif lifecycle == "Error" and reason.startswith("unit failed") and svc.exit:
-        reason = svc.exit
+        reason = svc.exit if svc.exit.startswith("unit failed") else reason
     if lifecycle == svc.lifecycle:
         return svc if reason == svc.reason or lifecycle != "Error" else evolve(svc, reason=reason)
     return _enter(draft, name, spec, svc, lifecycle, reason, at)
 
 
 def _recovering_from(old: Lifecycle, new: Lifecycle, reason: str) -> str:
-    """While the agent starts a unit out of Error, the reason says what it recovers from."""
-    return reason if (old, new) == ("Error", "Starting") else ""
+    """While the agent restarts or starts a unit out of Error, the reason says what it
+    recovers from."""
+    recovering = old in ("Error", "Restarting") and new in ("Starting", "Restarting")
+    return reason if recovering else ""
 
 
 def _probe_detail(draft: Draft, spec: ServiceSpec) -> str:
@@ -74,8 +79,6 @@ def _enter(
     irregular = svc.active != "unknown" and svc.transitions > 0 and not allowed(old, new)
     if irregular:
         draft.log("info", f"observed jump {old} -> {new} (not in the lifecycle diagram)", name)
-    horizon = at - spec.alerts.thrash_window
-    keep = spec.alerts.thrash_transitions - 1  # the thrash rule needs no more than that
     return evolve(
         svc,
         lifecycle=new,
@@ -83,9 +86,22 @@ def _enter(
         reason=reason if new == "Error" else _recovering_from(old, new, svc.reason),
         transitions=svc.transitions + 1,
         irregular=svc.irregular + irregular,
-        recent=(*(t for t in svc.recent[-keep:] if t > horizon), at) if keep > 0 else (at,),
+        recent=_failures(spec, svc, old, new, at),
         errors=svc.errors + (new == "Error"),
     )
+
+
+def _failures(
+    spec: ServiceSpec, svc: ServiceState, old: Lifecycle, new: Lifecycle, at: float
+) -> tuple[float, ...]:
+    """The thrash rule's failure cycles: each entry into Error, and each restart systemd makes
+    on its own (auto-restart) that did not come out of an Error already counted."""
+    auto = new == "Restarting" and svc.sub == "auto-restart" and old != "Error"
+    if new != "Error" and not auto:
+        return svc.recent
+    keep = spec.alerts.thrash_transitions - 1  # the thrash rule needs no more than that
+    horizon = at - spec.alerts.thrash_window
+    return (*(t for t in svc.recent[-keep:] if t > horizon), at) if keep > 0 else (at,)
 
 
 def observe(draft: Draft, name: str, obs: UnitObserved, at: float) -> ServiceState:
@@ -98,11 +114,12 @@ def observe(draft: Draft, name: str, obs: UnitObserved, at: float) -> ServiceSta
     active, sub = obs.active, obs.sub
     if 0 < obs.changed_at <= at and (svc.active == "unknown" or obs.changed_at > svc.since):
         at = obs.changed_at
-    came_up = active in UP and svc.active not in UP
+    came_up = active in UP and (svc.active not in UP or _new_process(svc, obs))
     went_down = active not in UP and (svc.active in UP or active == "failed")
     exit = svc.exit
     if went_down:
-        exit = exit_reason(obs.result, obs.exit_code, obs.exit_status) or f"unit went {active}"
+        why = exit_reason(obs.result, obs.exit_code, obs.exit_status)
+        exit = f"unit failed: {why}" if why else f"unit went {active}"
     health = svc.health
     if came_up:
         for probe in draft.service_spec(name).probes:
@@ -117,8 +134,22 @@ def observe(draft: Draft, name: str, obs: UnitObserved, at: float) -> ServiceSta
         health=health,
         active_since=at if came_up else svc.active_since,
         exit=exit,
+        main_pid=obs.main_pid,
+        stop_done=svc.stop_done or _stop_done(svc, obs),
     )
     return refresh(draft, name, svc, at)
+
+
+def _stop_done(svc: ServiceState, obs: UnitObserved) -> bool:
+    """The old processes of a unit being restarted are gone: it went down, or it came back
+    with another main process before we saw it go."""
+    if obs.active in AT_REST or obs.active == "activating":
+        return True
+    return obs.active in UP and _new_process(svc, obs)
+
+
+def _new_process(svc: ServiceState, obs: UnitObserved) -> bool:
+    return 0 < svc.main_pid != obs.main_pid > 0
 
 
 def _wants_job(spec: ServiceSpec, svc: ServiceState) -> str | None:
@@ -157,9 +188,8 @@ def reconcile(draft: Draft, name: str, now: float) -> None:
     policy = spec.restart
     restarts = tuple(t for t in svc.restarts if t > now - policy.window)
     if op != "stop" and len(restarts) >= policy.limit:
-        _give_up(
-            draft, name, svc, f"restart limit reached: {len(restarts)} in {policy.window:g}s", now
-        )
+        limit = f"restart limit reached: {len(restarts)} in {policy.window:g}s"
+        _give_up(draft, name, svc, f"{_cause(draft, spec, svc)}; {limit}".lstrip("; "), now)
         return
     job_op = "restart" if op == "restart" else op
     unit = spec.unit
@@ -174,6 +204,7 @@ def reconcile(draft: Draft, name: str, now: float) -> None:
         restarts=(*restarts, now) if counted else restarts,
         restarts_total=svc.restarts_total + counted,
         next_attempt=now + delay,
+        stop_done=False,
     )
     draft.set_service(name, refresh(draft, name, svc, now))
 
@@ -182,6 +213,15 @@ def _is_restart(op: str, svc: ServiceState) -> bool:
     """A restart, counted against the limit: not the first start of a unit that was simply
     stopped (never seen up by the agent and not failed), and never a stop."""
     return op == "restart" or (op == "start" and (svc.active == "failed" or svc.active_since > 0))
+
+
+def _cause(draft: Draft, spec: ServiceSpec, svc: ServiceState) -> str:
+    """Why the unit needs the agent, as the operator should read it first."""
+    if svc.active in DOWN:
+        return svc.exit or f"unit {svc.active}"
+    if svc.health == "unhealthy":
+        return f"unhealthy ({_probe_detail(draft, spec)})"
+    return ""
 
 
 def _log_job(
@@ -193,7 +233,7 @@ def _log_job(
     elif op == "restart":
         draft.log("warning", f"unhealthy ({_probe_detail(draft, spec)}); restarting{count}", name)
     elif count:
-        draft.log("warning", f"{svc.exit or 'unit ' + svc.active}; restarting{count}", name)
+        draft.log("warning", f"{_cause(draft, spec, svc)}; restarting{count}", name)
     else:
         draft.log("info", f"unit is {svc.active}; starting", name)
 

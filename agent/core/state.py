@@ -48,7 +48,8 @@ class ServiceState:
     transitions: int = 0
     irregular: int = 0
     recent: tuple[float, ...] = ()
-    """Times of the latest transitions within the thrash window (at most thrash_transitions)."""
+    """Times of the latest failure cycles within the thrash window (at most thrash_transitions):
+    entries into Error and systemd's own restarts (auto-restart)."""
     errors: int = 0
     job: int | None = None
     restarts: tuple[float, ...] = ()
@@ -59,8 +60,11 @@ class ServiceState:
     """The manager refused the agent's job (polkit): given up until a reload or a reset."""
     reason: str = ""
     exit: str = ""
-    """How the unit last went down, in words ("main process killed by SIGKILL")."""
+    """How the unit last went down, with systemd's reason ("unit failed: signal SIGKILL")."""
     maintenance: bool = False
+    main_pid: int = 0
+    stop_done: bool = False
+    """The agent's restart in flight has seen the old processes go: it reads Starting now."""
 
 
 @dataclass(frozen=True)
