@@ -1,5 +1,6 @@
-"""The target of every checker: answers GET /<anything> with 200 and records when each path
-was asked (CLOCK_MONOTONIC, which every process on the host shares).
+"""The target of every checker: answers GET /<anything> with 200 (paths under /flap/: 200 and
+503 in turn, so a probe with failures: 1 changes health on every result) and records when each
+path was asked (CLOCK_MONOTONIC, which every process on the host shares).
 
 GET /_arrivals?prefix=P&since=T0&until=T1 returns {path: [arrival, ...]} for paths under P;
 GET /_seen?prefix=P returns how many distinct paths under P were asked so far.
@@ -17,7 +18,10 @@ ARRIVALS: dict[str, list[float]] = {}
 
 
 async def hit(request: web.Request) -> web.Response:
-    ARRIVALS.setdefault(request.path, []).append(time.monotonic())
+    times = ARRIVALS.setdefault(request.path, [])
+    times.append(time.monotonic())
+    if request.path.startswith("/flap/") and len(times) % 2 == 0:
+        return web.Response(status=503, text="down")
     return web.Response(text="ok")
 
 
