@@ -17,18 +17,17 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from aiohttp import web
 
 from agent.adapters.alerts.sinks import Sinks
 from agent.adapters.cluster.bridge import ClusterBridge, Executor
 from agent.adapters.cluster.config import ClusterConfig
-from agent.adapters.cluster.link import ClusterLink, ClusterView
 from agent.adapters.effects.exec import run_exec
 from agent.adapters.effects.web import Webhook, write_file
+from agent.adapters.mqtt import no_broker
 from agent.adapters.mqtt.config import MqttConfig
-from agent.adapters.mqtt.link import MqttLink, no_broker
 from agent.adapters.probes import Prober
 from agent.adapters.systemd.bus import SystemdAdapter
 from agent.core.actions import JobOp, RunEffect, TrackedAction, UnitJob
@@ -45,6 +44,10 @@ from agent.journal.store import Journal
 from agent.runtime.clock import SteadyClock
 from agent.runtime.lanes import RetryPolicy
 from agent.runtime.loop import Runtime
+
+if TYPE_CHECKING:  # imported where used: grpc and aiomqtt load only when configured
+    from agent.adapters.cluster.link import ClusterView
+    from agent.adapters.mqtt.link import MqttLink
 
 log = logging.getLogger("setpoint")
 ALERT_RETRY = RetryPolicy(attempts=5, initial=0.5, maximum=8.0, deadline=30.0)
@@ -77,6 +80,8 @@ def wire_outputs(
     generator_url = f"http://{hostname}:{http_port}/api/v1/status"
     link = None
     if mqtt is not None:
+        from agent.adapters.mqtt.link import MqttLink  # noqa: PLC0415 - only with a broker
+
         link = MqttLink(
             mqtt,
             hostname,
@@ -192,6 +197,8 @@ class Daemon:
         def on_change(view: ClusterView) -> None:
             if self.bridge is not None:
                 self.bridge.on_view(view)
+
+        from agent.adapters.cluster.link import ClusterLink  # noqa: PLC0415 - only with etcd
 
         link = ClusterLink(config, on_change=on_change)
         bridge = self.bridge = ClusterBridge(link, rt.submit, self.clock)

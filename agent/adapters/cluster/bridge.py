@@ -18,11 +18,11 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from immutables import Map
 
 from agent.adapters.cluster.config import ClusterConfig
-from agent.adapters.cluster.link import ClusterLink, ClusterView
 from agent.core import cluster
 from agent.core.actions import Action, RunEffect, TrackedAction
 from agent.core.inputs import ClusterAdopted, ClusterObserved, Input
@@ -30,6 +30,9 @@ from agent.core.spec import DomainSpec, FailoverGroup
 from agent.core.state import ClusterRecord, State
 from agent.errors import JournalCorrupt, TransientError
 from agent.journal import codec
+
+if TYPE_CHECKING:  # the link (grpc, aetcd) loads only when a cluster is configured
+    from agent.adapters.cluster.link import ClusterLink, ClusterView
 
 log = logging.getLogger("setpoint.cluster")
 
