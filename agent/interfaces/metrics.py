@@ -106,8 +106,11 @@ class ProbeSeries:
         self._les = [repr(float(b)) for b in buckets] + ["+Inf"]
         self._hist: dict[str, tuple[list[int], list[float]]] = {}
         self._results: dict[tuple[str, str], int] = {}
+        self.last: dict[str, float] = {}
+        """Each probe's latest latency (the status page shows it)."""
 
     def observe(self, result: ProbeResult) -> None:
+        self.last[result.probe] = result.latency
         counts, total = self._hist.setdefault(result.probe, ([0] * len(self._les), [0.0]))
         counts[bisect.bisect_left(self._bounds, result.latency)] += 1
         total[0] += result.latency
