@@ -258,7 +258,7 @@ class Daemon:
 
         async def unit_job(action: TrackedAction) -> str:
             if isinstance(action, UnitJob):
-                return await adapter.run_job(action.unit, action.op, timeout)
+                return await adapter.run_job(action.unit, action.op, timeout, unit_failure_ok=True)
             if isinstance(action, RunEffect) and action.effect.operation != "":
                 op: JobOp = action.effect.operation
                 return await adapter.run_job(action.effect.unit, op, timeout)

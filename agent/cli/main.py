@@ -283,9 +283,9 @@ def _polkit_rule(args: argparse.Namespace) -> int:
     from agent.adapters.systemd import polkit  # noqa: PLC0415
 
     paths = _goal_paths(args)
-    text = polkit.rule(
-        polkit.managed_units(load_goals(paths)), args.user, ", ".join(map(str, paths))
-    )
+    goals = load_goals(paths)
+    where = ", ".join(map(str, paths))
+    text = polkit.rule(polkit.managed_units(goals), args.user, where, polkit.killable_units(goals))
     if args.output is None:
         print(text, end="")
     else:

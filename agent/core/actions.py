@@ -7,13 +7,14 @@ from typing import Literal, TypeGuard
 
 from agent.core.spec import Effect, Severity
 
-JobOp = Literal["start", "stop", "restart"]
+JobOp = Literal["start", "stop", "restart", "kill"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 @dataclass(frozen=True)
 class UnitJob:
-    """Start, stop or restart a systemd unit (lane `systemd`)."""
+    """Start, stop or restart a systemd unit, or kill its main process with SIGKILL (lane
+    `systemd`)."""
 
     id: int
     unit: str

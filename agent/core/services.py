@@ -205,6 +205,7 @@ def reconcile(draft: Draft, name: str, now: float) -> None:
         restarts_total=svc.restarts_total + counted,
         next_attempt=now + delay,
         stop_done=False,
+        killed=False,
     )
     draft.set_service(name, refresh(draft, name, svc, now))
 
@@ -259,6 +260,24 @@ def job_done(
     if permanent:
         svc = evolve(svc, gave_up=True, denied=denied, reason=detail)
     draft.set_service(name, refresh(draft, name, svc, at))
+
+
+def escalate(draft: Draft, name: str, now: float) -> None:
+    """The agent's stop or restart outlasted the service's stop grace: kill the main process
+    (SIGKILL); systemd's job then finishes the stop, and a restart starts the unit again."""
+    svc = draft.services[name]
+    spec = draft.service_spec(name)
+    grace = spec.stop_grace
+    if not grace or svc.job is None or svc.killed or svc.maintenance or draft.maintenance:
+        return
+    if svc.lifecycle not in ("Restarting", "Stopping") or now - svc.since < grace:
+        return
+    unit = spec.unit
+    draft.track(lambda i: UnitJob(i, unit, "kill", name))
+    what = "restart" if svc.lifecycle == "Restarting" else "stop"
+    draft.log("warning", f"{what} still not done after its stop grace ({grace:g}s): "
+                         "killing the main process with SIGKILL", name)  # fmt: skip
+    draft.set_service(name, evolve(svc, killed=True))
 
 
 def settle(draft: Draft, name: str, now: float) -> None:

@@ -138,6 +138,7 @@ def _probe_result(draft: Draft, res: ProbeResult) -> None:
 
 def _tick(draft: Draft, now: float) -> None:
     for name in draft.services:
+        services.escalate(draft, name, now)
         services.settle(draft, name, now)
         services.reconcile(draft, name, now)
         alerts.service_rules(draft, name, draft.services[name], now)

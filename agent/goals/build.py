@@ -88,7 +88,7 @@ def service(name: str, m: ServiceModel) -> ServiceSpec:
         restart=restart,
         depends_on=tuple(m.depends_on),
         alerts=alerts,
-        **given(desired=m.desired, on_unhealthy=m.on_unhealthy),
+        **given(desired=m.desired, on_unhealthy=m.on_unhealthy, stop_grace=m.stop_grace),
     )
 
 

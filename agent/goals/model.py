@@ -129,6 +129,7 @@ class ServiceModel(Strict):
     restart: RestartModel | None = None
     depends_on: list[Name] = []
     alerts: AlertsModel | None = None
+    stop_grace: Duration | None = None
 
 
 class HttpCheck(Strict):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.adapters.systemd.polkit import ACTION, managed_units, rule
+from agent.adapters.systemd.polkit import ACTION, killable_units, managed_units, rule
 from agent.core.spec import DomainSpec, Effect, FailoverGroup, GoalSet, ServiceSpec, Transition
 from tests.agentproc import ROOT, cli
 from tests.needs import unavailable
@@ -22,6 +22,7 @@ GOALS = GoalSet(
         ServiceSpec("web", "web.service"),
         ServiceSpec("parked", "parked.service", desired="stopped"),
         ServiceSpec("watched", "watched.service", desired="unmanaged"),
+        ServiceSpec("db", "db.service", stop_grace=10.0),
     ),
     domains=(
         DomainSpec(
@@ -30,7 +31,7 @@ GOALS = GoalSet(
     ),
     groups=(FailoverGroup("G", (), effects=(Effect("systemd", unit="route@b.service"),)),),
 )
-ALLOWED = ["flip.timer", "parked.service", "route@b.service", "web.service"]
+ALLOWED = ["db.service", "flip.timer", "parked.service", "route@b.service", "web.service"]
 
 
 def test_managed_units_are_services_and_systemd_effects_but_not_unmanaged_ones() -> None:
@@ -38,11 +39,12 @@ def test_managed_units_are_services_and_systemd_effects_but_not_unmanaged_ones()
 
 
 def test_rule_text_is_es5_and_names_exactly_the_units() -> None:
-    text = rule(ALLOWED, "setpoint", "/etc/setpoint/goals.d")
+    assert killable_units(GOALS) == ["db.service"]
+    text = rule(ALLOWED, "setpoint", "/etc/setpoint/goals.d", killable_units(GOALS))
     assert "from /etc/setpoint/goals.d" in text
     assert text.count("polkit.addRule(") == 1 and text.count("polkit.Result.YES") == 1
     for unit in ALLOWED:
-        assert text.count(f'"{unit}"') == 1
+        assert text.count(f'"{unit}"') == (2 if unit == "db.service" else 1)
     assert '"watched.service"' not in text
     code = "\n".join(line for line in text.splitlines() if not line.startswith("//"))
     for modern in ("=>", "let ", "const ", "`"):  # polkit's interpreter is ES5
@@ -72,6 +74,8 @@ CASES: list[tuple[str, str, str, str, bool]] = [
     ("setpoint", ACTION, "flip.timer", "stop", True),
     ("setpoint", ACTION, "web.service", "reload", False),
     ("setpoint", ACTION, "web.service", "kill", False),
+    ("setpoint", ACTION, "db.service", "kill", True),  # its stop grace's escalation
+    ("nobody", ACTION, "db.service", "kill", False),
     ("setpoint", ACTION, "watched.service", "start", False),
     ("setpoint", ACTION, "ssh.service", "stop", False),
     ("setpoint", ACTION, "web", "start", False),
@@ -105,7 +109,7 @@ def test_rule_evaluated_by_node(tmp_path: Path) -> None:
     if node is None:
         pytest.skip("node not installed")
     path = tmp_path / "50-setpoint.rules"
-    path.write_text(rule(managed_units(GOALS)))
+    path.write_text(rule(managed_units(GOALS), killable=killable_units(GOALS)))
     cases = [list(c[:4]) for c in CASES]
     result = subprocess.run(
         [node, "-e", NODE_DRIVER, str(path), json.dumps(cases)],
@@ -167,7 +171,8 @@ def test_rule_enforced_by_the_real_polkitd(tmp_path: Path) -> None:
     rules = tmp_path / "rules.d"
     rules.mkdir(mode=0o755)
     rules.chmod(0o755)
-    (rules / "50-setpoint.rules").write_text(rule(managed_units(GOALS)))
+    text = rule(managed_units(GOALS), killable=killable_units(GOALS))
+    (rules / "50-setpoint.rules").write_text(text)
     (rules / "50-setpoint.rules").chmod(0o644)
     script = tmp_path / "pk.sh"
     script.write_text(PKCHECK_SCRIPT)

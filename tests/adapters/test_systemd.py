@@ -447,3 +447,40 @@ def test_dbus_refusals_are_not_permitted_other_errors_keep_their_class(
 
     err = convert(ReplyError(name, "nope"), "start web.service")
     assert type(err).__name__ == kind and str(err) == f"start web.service: nope ({name})"
+
+
+HUNG = (
+    "[Service]\nExecStart=/bin/sh -c 'trap \"\" TERM; while :; do sleep 0.2; done'\n"
+    "TimeoutStopSec=90\n"
+)
+
+
+@pytest.mark.systemd
+async def test_kill_ends_a_hung_stop_and_the_restart_goes_on(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
+) -> None:
+    ad, rec = adapter
+    unit = await asyncio.to_thread(new_unit, systemd_user, "hung", HUNG)
+    ad.watch([unit])
+    assert await ad.run_job(unit, "start", timeout=10) == "done"
+    up = await rec.wait(unit, active("active", "running"))
+    restart = asyncio.create_task(ad.run_job(unit, "restart", timeout=60))
+    await rec.wait(unit, active("deactivating", "stop-sigterm"))
+    assert await ad.run_job(unit, "kill", timeout=5) == "killed"
+    assert await asyncio.wait_for(restart, 10) == "done"  # long before TimeoutStopSec
+    await rec.wait(unit, lambda o: o.active == "active" and o.main_pid not in (0, up.main_pid))
+
+
+@pytest.mark.systemd
+async def test_a_unit_that_fails_to_start_reports_systemds_reason(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
+) -> None:
+    ad, rec = adapter
+    text = "[Service]\nType=exec\nExecStart=/nonexistent/daemon\n"
+    unit = await asyncio.to_thread(new_unit, systemd_user, "noexec", text)
+    ad.watch([unit])
+    assert await ad.run_job(unit, "start", timeout=10, unit_failure_ok=True) == "failed"
+    failed = await rec.wait(unit, active("failed"))
+    assert (failed.result, failed.exit_code, failed.exit_status) == ("exit-code", 1, 203)
+    with pytest.raises(TransientError, match="'failed'"):  # an effect's start still fails
+        await ad.run_job(unit, "start", timeout=10)

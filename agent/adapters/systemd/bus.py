@@ -178,11 +178,15 @@ class SystemdAdapter:
             log.warning("systemd resync failed, will retry: %s", err)
             self._request(full=True)
 
-    async def run_job(self, unit: str, op: JobOp, timeout: float) -> str:
-        """Start/stop/restart `unit` (mode "replace") and wait for the job; its result.
+    async def run_job(
+        self, unit: str, op: JobOp, timeout: float, *, unit_failure_ok: bool = False
+    ) -> str:
+        """Start/stop/restart `unit` (mode "replace") and wait for the job; its result. "kill"
+        sends SIGKILL to the unit's main process (KillUnit, no job): "killed".
 
         Raises TransientError (bus trouble, timeout, job failed/canceled/dependency) or
-        PermanentError (no such unit, masked, access denied, invalid arguments).
+        PermanentError (no such unit, masked, access denied, invalid arguments). With
+        `unit_failure_ok`, a start the unit failed returns "failed" (see job_outcome).
         """
         what = f"{op} {unit}"
         try:
@@ -190,6 +194,11 @@ class SystemdAdapter:
                 await self._ready.wait()
                 if self._bus is None:
                     raise TransientError(f"{what}: not connected")
+                if op == "kill":
+                    await self._call(
+                        self._bus, MANAGER_PATH, MANAGER, "KillUnit", "ssi", [unit, "main", 9]
+                    )
+                    return "killed"
                 reply = await self._call(
                     self._bus, MANAGER_PATH, MANAGER, METHODS[op], "ss", [unit, "replace"]
                 )
@@ -199,7 +208,7 @@ class SystemdAdapter:
             raise TransientError(f"{what}: no result within {timeout:g}s") from err
         except ReplyError as err:
             raise convert(err, what) from err
-        return job_outcome(unit, op, result)
+        return job_outcome(unit, op, result, unit_failure_ok)
 
     async def run(self) -> None:
         """Connect, serve until the connection drops, reconnect with backoff; until close()."""

@@ -16,7 +16,7 @@ PROPERTIES = "org.freedesktop.DBus.Properties"
 DBUS = "org.freedesktop.DBus"
 UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
 
-JobOp = Literal["start", "stop", "restart"]
+JobOp = Literal["start", "stop", "restart", "kill"]
 BusKind = Literal["system", "user"]
 
 METHODS: dict[str, str] = {"start": "StartUnit", "stop": "StopUnit", "restart": "RestartUnit"}
@@ -83,9 +83,14 @@ def convert(err: ReplyError, what: str) -> PermanentError | TransientError:
     return cls(f"{what}: {err.text} ({err.name})")
 
 
-def job_outcome(unit: str, op: str, result: str) -> str:
-    """Return the result of a finished job, or raise the error it stands for (pure)."""
-    if result in JOB_OK:
+def job_outcome(unit: str, op: str, result: str, unit_failure_ok: bool = False) -> str:
+    """Return the result of a finished job, or raise the error it stands for (pure).
+
+    With `unit_failure_ok`, a start the unit itself failed ("failed") is a result too: the job
+    ran; the unit's failure is observed (with systemd's reason) and the restart policy, not a
+    retry of the job, decides what comes next.
+    """
+    if result in JOB_OK or (unit_failure_ok and result == "failed" and op != "stop"):
         return result
     cls = PermanentError if result in JOB_PERMANENT else TransientError
     raise cls(f"{op} {unit}: job finished with result '{result}'")

@@ -1,0 +1,48 @@
+"""Recovery beyond a plain restart: a hung stop escalated after its grace."""
+
+from __future__ import annotations
+
+from agent.core.actions import Log, UnitJob
+from agent.core.inputs import ActionCompleted, ProbeResult, Tick, UnitObserved
+from agent.core.spec import GoalSet
+from tests.corekit import Harness, http_probe, jobs, service
+
+
+def hung(grace: float) -> tuple[Harness, int]:
+    """A service whose probe failed while its process is frozen: the agent's restart is stuck
+    in systemd's stop; (harness, the restart's id)."""
+    h = Harness()
+    h.load(GoalSet(services=(service("db", probes=("pg",), stop_grace=grace),),
+                   probes=(http_probe("pg", failures=1),)))  # fmt: skip
+    h.feed(UnitObserved("db.service", "active", "running", 1, main_pid=10))
+    h.feed(ProbeResult("pg", True, 0.01, 2))
+    restart = h.tracked(ProbeResult("pg", False, 0.01, 10, "timed out"))
+    assert jobs(restart) == [("restart", "db.service")]
+    h.feed(UnitObserved("db.service", "deactivating", "stop", 10.1, main_pid=10))
+    return h, restart[0].id
+
+
+def test_a_stop_outlasting_its_grace_kills_the_main_process_once() -> None:
+    h, restart = hung(grace=5)
+    assert h.tracked(Tick(14.9)) == []
+    out = h.feed(Tick(15.0))
+    assert jobs([a for a in out if isinstance(a, UnitJob)]) == [("kill", "db.service")]
+    assert [a.message for a in out if isinstance(a, Log)] == [
+        "restart still not done after its stop grace (5s): killing the main process with SIGKILL"
+    ]
+    kill = next(a for a in out if isinstance(a, UnitJob))
+    assert h.tracked(Tick(30.0)) == []  # once per job
+    h.feed(ActionCompleted(kill.id, True, 15.1))
+    h.feed(UnitObserved("db.service", "activating", "start", 15.2))  # the restart goes on
+    assert h.lifecycle("db") == "Starting"
+    h.feed(UnitObserved("db.service", "active", "running", 15.3, main_pid=11))
+    h.feed(ActionCompleted(restart, True, 15.4))
+    h.feed(ProbeResult("pg", True, 0.01, 16))
+    assert h.lifecycle("db") == "Running"
+    assert not h.state.pending
+
+
+def test_without_a_grace_the_agent_waits_for_systemd() -> None:
+    h, _ = hung(grace=0)
+    assert h.tracked(Tick(1000.0)) == []
+    assert h.lifecycle("db") == "Restarting"
