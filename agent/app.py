@@ -39,6 +39,7 @@ from agent.goals import load_goals
 from agent.interfaces import control
 from agent.interfaces import http as httpapi
 from agent.interfaces.metrics import Metrics
+from agent.interfaces.page import Live, Page, add_routes
 from agent.interfaces.sd_notify import Notifier, status_line
 from agent.journal.store import Journal
 from agent.runtime.clock import SteadyClock
@@ -118,6 +119,8 @@ class Options:
     job_timeout: float = 90.0
     http_host: str = "127.0.0.1"
     http_port: int = 9477
+    page_token: str = ""
+    """The status page's operator actions are on when this (read from a token file) is set."""
     mqtt: MqttConfig | None = None
     hostname: str = ""
     cluster: ClusterConfig | None = None
@@ -166,7 +169,7 @@ class Daemon:
                 self._install_signals()
                 self._load(rt, goals)
                 pending = rt.restore()
-                runner = await self._serve_http(rt)
+                runner = await self._serve_http(rt, journal)
                 commands = control.app(rt.submit, lambda: set(rt.state.services.keys()), self.clock)
                 control_runner = await control.serve(commands, self.opts.state_dir)
                 log.info("started: %d pending actions restored", pending)
@@ -211,12 +214,34 @@ class Daemon:
     def _state(self, initial: State) -> State:
         return self.runtime.state if self.runtime is not None else initial
 
-    async def _serve_http(self, rt: Runtime) -> web.AppRunner:
+    async def _serve_http(self, rt: Runtime, journal: Journal) -> web.AppRunner:
         assert self.metrics is not None
         api = httpapi.app(self.metrics, lambda: rt.state, rt.alive, self.clock)
+        add_routes(api, self._page(rt, journal))
         runner = await httpapi.serve(api, self.opts.http_host, self.opts.http_port)
         log.info("metrics on http://%s:%d/metrics", self.opts.http_host, self.opts.http_port)
+        actions = "operator actions on (token)" if self.opts.page_token else "read-only"
+        log.info("status page on http://%s:%d/ (%s)", *self._address(), actions)
         return runner
+
+    def _address(self) -> tuple[str, int]:
+        host = self.opts.http_host
+        return (f"[{host}]" if ":" in host else host), self.opts.http_port
+
+    def _page(self, rt: Runtime, journal: Journal) -> Page:
+        """The status page, woken by every commit, its history read from the journal."""
+        assert self.metrics is not None
+        live = Live()
+        rt.on_commit.append(live.on_commit)
+        return Page(
+            state=lambda: rt.state,
+            clock=self.clock,
+            submit=rt.submit,
+            recent=lambda: journal.history(limit=200),
+            token=self.opts.page_token,
+            live=live,
+            latency=self.metrics.probes.last.get,
+        )
 
     def _wire_lanes(self, rt: Runtime) -> None:
         metrics = self.metrics

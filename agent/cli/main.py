@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="metrics, /healthz and /api/v1/status (default 127.0.0.1:9477)",
     )
+    run.add_argument(
+        "--page-actions",
+        action="store_true",
+        help="operator actions on the status page and its API (needs --page-token-file)",
+    )
+    run.add_argument("--page-token-file", type=Path, metavar="FILE", help="the actions' token")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     run.add_argument("--log-format", choices=["auto", "text", "journald", "json"], default="auto")
     mqtt_config.add_arguments(run)
@@ -243,6 +249,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         mqtt = mqtt_config.from_args(args)
         cluster = cluster_options.from_args(args)
+        token = _page_token(args.page_actions, args.page_token_file)
     except ValueError as err:
         print(f"setpoint run: {err}", file=sys.stderr)
         return 2
@@ -254,11 +261,31 @@ def _run(args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         http_host=args.listen[0],
         http_port=args.listen[1],
+        page_token=token,
         mqtt=mqtt,
         hostname=args.hostname,
         cluster=cluster,
     )
     return asyncio.run(Daemon(opts).serve())
+
+
+def _page_token(actions: bool, path: Path | None) -> str:
+    """The status page's token: only with --page-actions, from a file only its owner reads."""
+    if not actions:
+        if path is not None:
+            raise ValueError("--page-token-file is only used with --page-actions")
+        return ""
+    if path is None:
+        raise ValueError("--page-actions needs --page-token-file FILE (the operators' token)")
+    try:
+        if path.stat().st_mode & 0o077:
+            raise ValueError(f"{path}: readable by others; chmod 600 it")
+        token = path.read_text().strip()
+    except OSError as err:
+        raise ValueError(f"{path}: {err.strerror}") from None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise ValueError(f"{path}: the token must be one word of at least 16 characters")
+    return token
 
 
 def _validate(paths: Sequence[Path]) -> int:
