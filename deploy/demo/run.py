@@ -46,9 +46,12 @@ def units(work: Path) -> dict[str, str]:
 def banner(state: Path, work: Path, port: int) -> str:
     cli = f"{PY} -m agent"
     return f"""
-Setpoint demo running. In another terminal:
+Setpoint demo running.
+  Status page (live):   http://127.0.0.1:{port}/
+In another terminal:
   {cli} status --state-dir {state}            # services, domains, pending actions
   {cli} history --state-dir {state} --limit 20
+  {cli} explain worker --state-dir {state}     # why it was restarted, step by step
   curl -s http://127.0.0.1:{port}/metrics | grep setpoint_service_state
   touch {work}/db-primary.fail                 # primary unhealthy: route fails over
   rm {work}/db-primary.fail                    # primary back: auto-restore
