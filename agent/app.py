@@ -377,7 +377,8 @@ class Daemon:
             await self.systemd.resync()
 
     async def _shutdown(self, rt: Runtime, journal: Journal) -> None:
-        finished = await rt.settle(self.opts.shutdown_timeout)
+        # while the system shuts down, unit jobs were dropped (nothing to wait for or keep)
+        finished = await rt.settle(0.5 if rt.state.stopping else self.opts.shutdown_timeout)
         if not finished:
             log.warning(
                 "%d effects still running; they stay pending for the next start", rt.lanes.running

@@ -28,6 +28,7 @@ class Draft:
         self.maintenance = state.maintenance
         self.cluster = state.cluster
         self.manager_started = state.manager_started
+        self.stopping = state.stopping
         self.actions: list[Action] = []
         self.goals = state.goals
 
@@ -85,6 +86,7 @@ class Draft:
             and self.goals is base.goals
             and self.cluster is base.cluster
             and self.manager_started == base.manager_started
+            and self.stopping == base.stopping
         ):
             return base
         return evolve(
@@ -101,6 +103,7 @@ class Draft:
             maintenance=self.maintenance,
             cluster=self.cluster,
             manager_started=self.manager_started,
+            stopping=self.stopping,
         )
 
 

@@ -97,10 +97,12 @@ class GoalsRejected:
 @dataclass(frozen=True)
 class ManagerStarted:
     """The systemd manager we watch started at `started` (its UserspaceTimestamp): a newer
-    one than before means a reboot (or a new user manager), not a crash of every unit."""
+    one than before means a reboot (or a new user manager), not a crash of every unit.
+    `stopping` says why it is shutting down ("reboot.target queued"), empty while it is not."""
 
     started: float
     at: float
+    stopping: str = ""
 
 
 @dataclass(frozen=True)

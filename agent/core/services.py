@@ -176,7 +176,7 @@ def reconcile(draft: Draft, name: str, now: float) -> None:
     """Issue the job the goal calls for, within dependencies, backoff and the restart limit."""
     svc = draft.services[name]
     spec = draft.service_spec(name)
-    if draft.maintenance or svc.maintenance or spec.desired == "unmanaged":
+    if draft.maintenance or svc.maintenance or spec.desired == "unmanaged" or draft.stopping:
         return
     if svc.job is not None or svc.active == "unknown" or svc.gave_up:
         return
@@ -270,6 +270,8 @@ def escalate(draft: Draft, name: str, now: float) -> None:
     grace = spec.stop_grace
     if not grace or svc.job is None or svc.killed or svc.maintenance or draft.maintenance:
         return
+    if draft.stopping:
+        return
     if svc.lifecycle not in ("Restarting", "Stopping") or now - svc.since < grace:
         return
     unit = spec.unit
@@ -308,6 +310,28 @@ def manager_started(draft: Draft, started: float, at: float) -> None:
         draft.set_service(name, fresh)
     draft.log("info", "systemd manager restarted (a reboot?): units are observed afresh, "
                       "restart counters reset")  # fmt: skip
+
+
+def system_stopping(draft: Draft, why: str, at: float) -> None:
+    """The system is shutting down (or, `why` empty, no longer): units going down are its
+    doing, not failures. From then on the agent only observes; its unit jobs in flight are
+    dropped (the journal keeps none for the next boot)."""
+    if why == draft.stopping:
+        return
+    draft.stopping = why
+    if not why:
+        draft.log("info", "the system is no longer shutting down: acting on units again")
+        for name in list(draft.services.keys()):
+            reconcile(draft, name, at)
+        return
+    jobs = [i for i, action in draft.pending.items() if isinstance(action, UnitJob)]
+    for action_id in jobs:
+        draft.pending = draft.pending.delete(action_id)
+    for name, svc in list(draft.services.items()):
+        if svc.job is not None:
+            draft.set_service(name, refresh(draft, name, evolve(svc, job=None), at))
+    draft.log("info", f"the system is shutting down ({why}): observing only, "
+                      f"{len(jobs)} unit job(s) dropped")  # fmt: skip
 
 
 def reset(draft: Draft, name: str, at: float) -> None:

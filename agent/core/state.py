@@ -186,4 +186,6 @@ class State:
     maintenance: bool = False
     manager_started: float = 0.0
     """When the watched systemd manager started (see ManagerStarted)."""
+    stopping: str = ""
+    """Why the system is shutting down (see ManagerStarted); while set, the agent only observes."""
     cluster: ClusterState = field(default_factory=ClusterState)

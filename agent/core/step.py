@@ -55,6 +55,7 @@ def step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
             alerts.set_alert(draft, "GoalsInvalid", "goals", False, "warning", "", inp.at)
         case ManagerStarted():
             services.manager_started(draft, inp.started, inp.at)
+            services.system_stopping(draft, inp.stopping, inp.at)
         case ClusterObserved():
             cluster.observed(draft, inp)
             _cluster_domains(draft, inp.at)

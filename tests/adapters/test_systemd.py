@@ -29,11 +29,14 @@ class ObservationRecorder:
     def __init__(self) -> None:
         self.inputs: list[UnitObserved] = []
         self.manager_started: list[float] = []
+        self.stopping: list[str] = []
         self._changed = asyncio.Event()
 
     def __call__(self, inp: Input) -> None:
         if isinstance(inp, ManagerStarted):
             self.manager_started.append(inp.started)
+            if inp.stopping:
+                self.stopping.append(inp.stopping)
             return
         assert isinstance(inp, UnitObserved)
         self.inputs.append(inp)
@@ -484,3 +487,21 @@ async def test_a_unit_that_fails_to_start_reports_systemds_reason(
     assert (failed.result, failed.exit_code, failed.exit_status) == ("exit-code", 1, 203)
     with pytest.raises(TransientError, match="'failed'"):  # an effect's start still fails
         await ad.run_job(unit, "start", timeout=10)
+
+
+@pytest.mark.systemd
+async def test_a_queued_shutdown_is_reported_and_refuses_new_jobs(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
+) -> None:
+    """kexec.target stands for the system's shutdown targets (a user manager has none of its
+    own but exit.target, which would end the test's manager)."""
+    ad, rec = adapter
+    await asyncio.to_thread(systemd_user.write_unit, "kexec.target", "[Unit]\nDescription=x\n")
+    await asyncio.to_thread(systemd_user.daemon_reload)
+    unit = await asyncio.to_thread(new_unit, systemd_user, "late")
+    await ctl(systemd_user, "start", "--no-block", "kexec.target")
+    await wait_until_async(lambda: bool(rec.stopping), 10, "the shutdown reported")
+    assert rec.stopping == ["kexec.target queued"]
+    with pytest.raises(PermanentError, match="shutting down"):
+        await ad.run_job(unit, "start", timeout=5)
+    assert await ad.run_job(unit, "stop", timeout=5) == "done"  # stopping stays possible

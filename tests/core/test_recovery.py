@@ -1,10 +1,12 @@
-"""Recovery beyond a plain restart: a hung stop escalated after its grace."""
+"""Recovery beyond a plain restart: a hung stop escalated after its grace; a system shutdown
+observed, not fought."""
 
 from __future__ import annotations
 
 from agent.core.actions import Log, UnitJob
-from agent.core.inputs import ActionCompleted, ProbeResult, Tick, UnitObserved
+from agent.core.inputs import ActionCompleted, ManagerStarted, ProbeResult, Tick, UnitObserved
 from agent.core.spec import GoalSet
+from agent.core.step import restore
 from tests.corekit import Harness, http_probe, jobs, service
 
 
@@ -46,3 +48,23 @@ def test_without_a_grace_the_agent_waits_for_systemd() -> None:
     h, _ = hung(grace=0)
     assert h.tracked(Tick(1000.0)) == []
     assert h.lifecycle("db") == "Restarting"
+
+
+def test_a_shutdown_is_observed_not_fought_and_leaves_nothing_pending() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("web"), service("tick"))))
+    h.feed(UnitObserved("web.service", "active", "running", 1))
+    h.feed(UnitObserved("tick.service", "failed", "failed", 2))  # a start in flight
+    assert h.state.services["tick"].job is not None
+    out = h.feed(ManagerStarted(100.0, 3, stopping="poweroff.target queued"))
+    assert [a.message for a in out if isinstance(a, Log)] == [
+        "the system is shutting down (poweroff.target queued): observing only, "
+        "1 unit job(s) dropped"
+    ]
+    assert restore(h.state) == () and h.state.services["tick"].job is None
+    for at, (active, sub) in enumerate((("deactivating", "stop-sigterm"), ("inactive", "dead"))):
+        assert h.tracked(UnitObserved("web.service", active, sub, 4 + at)) == []
+    assert h.tracked(Tick(60)) == []
+    assert h.lifecycle("web") == "Stopped"
+    back = h.tracked(ManagerStarted(100.0, 61))  # `shutdown -c`: acting again
+    assert sorted(jobs(back)) == [("start", "tick.service"), ("start", "web.service")]

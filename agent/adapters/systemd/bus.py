@@ -44,6 +44,7 @@ from agent.adapters.systemd.protocol import (
     METHODS,
     PROPERTIES,
     SERVICE,
+    SHUTDOWN_TARGETS,
     SYSTEMD,
     UNIT,
     BusKind,
@@ -141,6 +142,9 @@ class SystemdAdapter:
         self._stopping = asyncio.Event()
         self.generation = 0
         """Counts connections and manager restarts (daemon-reexec) seen so far."""
+        self._started = 0.0
+        self._shutdown = ""
+        """Why the manager is shutting down (a queued shutdown.target job...), or empty."""
 
     # -- public API ------------------------------------------------------------------------
 
@@ -194,6 +198,8 @@ class SystemdAdapter:
                 await self._ready.wait()
                 if self._bus is None:
                     raise TransientError(f"{what}: not connected")
+                if self._shutdown and op != "stop":
+                    raise PermanentError(f"{what}: the system is shutting down")
                 if op == "kill":
                     await self._call(
                         self._bus, MANAGER_PATH, MANAGER, "KillUnit", "ssi", [unit, "main", 9]
@@ -294,8 +300,8 @@ class SystemdAdapter:
         log.info("systemd: connected to %s (manager %s)", self._kind, self._owner)
 
     async def _manager_started(self, bus: MessageBus) -> None:
-        """Tell the core when the manager started (a reboot starts a new one): observations
-        from before that say nothing about the units now."""
+        """Tell the core when the manager started (a reboot starts a new one: observations
+        from before that say nothing about the units now) and whether it is stopping."""
         try:
             reply = await self._call(
                 bus, MANAGER_PATH, PROPERTIES, "Get", "ss", [MANAGER, "UserspaceTimestamp"]
@@ -303,9 +309,21 @@ class SystemdAdapter:
         except ReplyError as err:
             log.debug("systemd: no UserspaceTimestamp: %s", err)
             return
-        started = int(reply.body[0].value)
-        if started:
-            self._on_input(ManagerStarted(started / 1e6, self._clock()))
+        self._started = int(reply.body[0].value) / 1e6
+        try:
+            reply = await self._call(
+                bus, MANAGER_PATH, PROPERTIES, "Get", "ss", [MANAGER, "SystemState"]
+            )
+        except ReplyError as err:
+            log.debug("systemd: no SystemState: %s", err)
+        else:
+            state = reply.body[0].value
+            self._shutdown = "the manager is stopping" if state == "stopping" else ""
+        self._tell_manager()
+
+    def _tell_manager(self) -> None:
+        if self._started:
+            self._on_input(ManagerStarted(self._started, self._clock(), self._shutdown))
 
     async def _subscribe(self, bus: MessageBus) -> None:
         """Manager.Subscribe; being subscribed already is fine."""
@@ -520,9 +538,17 @@ class SystemdAdapter:
             self._on_manager_signal(msg.member or "", msg.body)
 
     def _on_manager_signal(self, member: str, body: list[Any]) -> None:
-        """JobRemoved, Reloading, UnitNew, UnitRemoved."""
-        if member == "JobRemoved":
+        """JobNew, JobRemoved, Reloading, UnitNew, UnitRemoved."""
+        if member == "JobNew" and body[2] in SHUTDOWN_TARGETS and not self._shutdown:
+            log.info("systemd: %s queued: the system is going down; observing only", body[2])
+            self._shutdown = f"{body[2]} queued"
+            self._tell_manager()
+        elif member == "JobRemoved":
             self._jobs.removed(body[1], body[3])
+            if body[2] in SHUTDOWN_TARGETS and body[3] == "canceled" and self._shutdown:
+                log.info("systemd: %s cancelled: acting on units again", body[2])
+                self._shutdown = ""
+                self._tell_manager()
         elif member == "Reloading" and not body[0]:
             log.info("systemd: daemon-reload finished; resyncing")
             self._request(full=True)
@@ -575,7 +601,6 @@ class SystemdAdapter:
                 changed_at=self._on_clock(seen.changed / 1e6) if seen.changed else 0.0,
             )
         )
-
 
     def _on_clock(self, monotonic: float) -> float:
         """A CLOCK_MONOTONIC reading (systemd's) on the agent's clock."""

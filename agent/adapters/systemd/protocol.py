@@ -40,6 +40,12 @@ PERMANENT_ERRORS = frozenset(
         "org.freedesktop.DBus.Error.NotSupported",
     }
 )
+SHUTDOWN_TARGETS = frozenset(
+    {"shutdown.target", "reboot.target", "poweroff.target", "halt.target", "kexec.target",
+     "soft-reboot.target", "rescue.target", "emergency.target", "exit.target"}
+)  # fmt: skip
+"""A job queued for one of these: the manager is taking the system (or all units) down; a user
+manager's is exit.target."""
 ALREADY_SUBSCRIBED = "org.freedesktop.systemd1.AlreadySubscribed"
 # JobRemoved results: which ones end a job as a success, and which ones cannot improve.
 JOB_OK = frozenset({"done", "skipped"})
