@@ -47,6 +47,7 @@ VARIANT = "minbase"
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "libpam-systemd", "polkitd", "python3", "python3-venv",
     "make",
+    "nginx-light", "postgresql",  # real services for tests/e2e/test_real_services.py
 )  # fmt: skip
 HOST_TOOLS = {  # command -> Debian package
     "systemd-nspawn": "systemd-container",
