@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,25 @@ def app(
             command, service = parse(await request.read(), services())
         except ValueError as err:
             return web.json_response({"error": str(err)}, status=400)
-        submit(OperatorCommand(command, clock(), service))
+        submit(OperatorCommand(command, clock(), service, asker(request)))
         return web.json_response({"accepted": command, "service": service}, status=202)
 
     application = web.Application(client_max_size=4096)
     application.router.add_post("/v1/commands", post)
     return application
+
+
+def asker(request: web.Request) -> str:
+    """Who sent a command over the socket, by the kernel's word (SO_PEERCRED): `uid 0 pid 42`."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None:
+        return "control socket"
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return "control socket"
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return f"uid {uid} pid {pid} via control socket"
 
 
 async def serve(application: web.Application, state_dir: Path) -> web.AppRunner:

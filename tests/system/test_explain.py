@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agentproc import AgentProcess, cli, status, wait_until
+from tests.agentproc import AgentProcess, cli, marker, status, wait_until
 from tests.sysmgr import SystemdUser
 
 CLOCK = r"\d\d:\d\d:\d\d\.\d{3}"
@@ -108,13 +108,17 @@ domains:
     assert isinstance(json.loads(machine)["at"], float)
 
 
-def test_explain_refuses_what_it_does_not_know(tmp_path: Path) -> None:
+def test_explain_names_who_asked_and_refuses_what_it_does_not_know(tmp_path: Path) -> None:
     goals = tmp_path / "goals.yaml"
     goals.write_text("apiVersion: setpoint/v1\nservices:\n  web: {unit: web.service}\n")
     state = tmp_path / "state"
     with AgentProcess(goals, state) as agent:
         agent.wait_started()
+        marker(state, "maintenance_on", "web")
         assert agent.stop() == 0
+    told = explain(state, "web")
+    assert re.search(rf"{CLOCK} operator by uid {os.getuid()} pid \d+ via control socket: "
+                     "maintenance on for web$", told, re.M), told  # fmt: skip
     result = cli("explain", "nosuch", "--state-dir", str(state))
     assert result.returncode == 2
     assert "no service, domain or action id 'nosuch' (known: web)" in result.stderr
