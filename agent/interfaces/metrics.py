@@ -189,6 +189,19 @@ class Metrics:
         """Report `up()` as setpoint_link_up{link=name} at every scrape."""
         self.links.labels(name).set_function(lambda: float(up()))
 
+    def watch_runtime(self, degraded: Callable[[], bool], backlog: Callable[[], int]) -> None:
+        """setpoint_journal_degraded and setpoint_runtime_backlog, read at every scrape."""
+        Gauge(
+            "setpoint_journal_degraded",
+            "1 while the journal cannot write and the agent supervises without a record",
+            registry=self.registry,
+        ).set_function(lambda: float(degraded()))
+        Gauge(
+            "setpoint_runtime_backlog",
+            "Inputs waiting for the loop (they back up while a commit is slow)",
+            registry=self.registry,
+        ).set_function(lambda: float(backlog()))
+
     def observe_probe(self, result: ProbeResult) -> None:
         self.probes.observe(result)
 

@@ -19,6 +19,7 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
+from typing import Literal
 
 from agent.errors import JournalCorrupt, JournalError
 from agent.journal import sqlite
@@ -69,11 +70,12 @@ def migration_sql(version: int) -> list[str]:
 
 
 @functools.lru_cache(maxsize=64)
-def insert(rows: int) -> str:
-    """An INSERT of `rows` entries; in autocommit mode one statement is one transaction."""
+def insert(rows: int, verb: Literal["INSERT", "REPLACE"] = "INSERT") -> str:
+    """An INSERT (or REPLACE) of `rows` entries; in autocommit mode one statement is one
+    transaction."""
     values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
     columns = "seq, at, kind, input, actions, completed, subjects, digest"
-    return f"INSERT INTO entries ({columns}) VALUES {values}"  # noqa: S608 - placeholders only
+    return f"{verb} INTO entries ({columns}) VALUES {values}"  # placeholders only
 
 
 # -- opening an existing file ---------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 
 from agent.core import LOGIC
 from agent.core.actions import Action
-from agent.core.inputs import Input
+from agent.core.inputs import Input, JournalGap
 from agent.core.state import State
 from agent.core.step import step as core_step
 from agent.errors import JournalError
@@ -165,6 +165,18 @@ class Journal:
         self._writable("snapshot")
         await self._shielded(self._snapshot_now(state))
 
+    async def mark_gap(self, gap: JournalGap) -> None:
+        """Record that a gap is open (the entry after the last one): a small write that tells
+        whether the journal can write again, and leaves a trace should the agent die before
+        the gap is closed (a replay then keeps the state from before it)."""
+        self._writable("record a gap")
+        await self._shielded(self._write_gap(gap, None))
+
+    async def close_gap(self, gap: JournalGap, state: State) -> None:
+        """Close the open gap: its entry with a snapshot of `state`, the state after it."""
+        self._writable("close a gap")
+        await self._shielded(self._write_gap(gap, state))
+
     async def _shielded(self, write: Coroutine[Any, Any, None]) -> None:
         """Run a write to its end even if the caller is cancelled; `close` waits for it."""
         task = asyncio.ensure_future(write)
@@ -254,6 +266,20 @@ class Journal:
             self._seq, self._state = seq, state
             if snap:
                 self._snap_seq = seq
+
+    async def _write_gap(self, gap: JournalGap, state: State | None) -> None:
+        async with self._busy:
+            seq = self._seq + 1
+            digest = None if state is None else codec.digest(state)
+            row = (seq, gap.at, "JournalGap", codec.encode(gap).decode("ascii"), "[]", "[]", "",
+                   digest)  # fmt: skip
+            async with self._db.transaction("IMMEDIATE", "recording a journal gap"):
+                await self._db.conn.execute(schema.insert(1, "REPLACE"), row)
+                if state is not None:
+                    await self._write_snapshot(seq, state)
+            if state is not None:
+                self._seq = self._snap_seq = seq
+                self._state = state
 
     async def _snapshot_now(self, state: State) -> None:
         async with self._busy:

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.core.actions import Action
-from agent.core.inputs import Input
+from agent.core.inputs import Input, JournalGap
 from agent.core.state import State
 from agent.core.step import completes
 from agent.errors import JournalCorrupt
 from agent.journal import codec
+from agent.journal.reports import utc_iso
 from agent.journal.sqlite import Db
 
 log = logging.getLogger("setpoint.journal")
@@ -62,9 +63,27 @@ async def replay(db: Db, step: StepFn, state: State, seq: int) -> tuple[State, i
         async for n, text, dig in cursor:
             if n != seq + 1:
                 raise JournalCorrupt(f"{db.path}: entries {seq + 1}..{n - 1} are missing")
-            state, _ = step(state, codec.decode(text))
+            inp = codec.decode(text)
+            if isinstance(inp, JournalGap):
+                state = await _after_gap(db, n, inp, state, dig)
+            else:
+                state, _ = step(state, inp)
             seq, recorded = n, dig
     return state, seq, recorded
+
+
+async def _after_gap(db: Db, n: int, gap: JournalGap, state: State, closed: str | None) -> State:
+    """The state after gap entry `n`: its snapshot when the gap was closed; the state before
+    it when the agent stopped before it could close it (what was decided then is unknown)."""
+    if closed is None:
+        log.info("%s: entry %d: the journal could not write from %s (%s) and the agent stopped "
+                 "before it could; what was decided then is not known", db.path, n,
+                 utc_iso(gap.began), gap.error)  # fmt: skip
+        return state
+    rows = await db.fetch(SNAPSHOT_SQL, (n,))
+    if not rows:
+        raise JournalCorrupt(f"{db.path}: entry {n} closes a journal gap but its snapshot is gone")
+    return read_snapshot(*rows[0])
 
 
 async def verify(db: Db, step: StepFn, *, logic: int, logic_from: int) -> list[str]:
@@ -82,10 +101,11 @@ class _Verifier:
         self.logic = logic
         self.logic_from = logic_from
         self.problems: list[str] = []
+        self.snaps: dict[int, State] = {}
 
     async def run(self) -> list[str]:
         rows = await self.db.fetch("SELECT seq, digest, state FROM snapshots ORDER BY seq")
-        snaps: dict[int, State] = {}
+        snaps = self.snaps
         for seq, recorded, text in rows:
             try:
                 snaps[seq] = read_snapshot(text, recorded)
@@ -119,6 +139,17 @@ class _Verifier:
                                  f"(entry {begins}); its entries cannot be replayed")  # fmt: skip
         return None
 
+    def _gap(self, n: int, state: State, recorded: str | None) -> State | None:
+        """Across a gap: on from its snapshot, or from the state before it if never closed."""
+        if recorded is None:
+            return state
+        after = self.snaps.get(n)
+        if after is None:
+            self.problems.append(f"entry {n}: a closed journal gap without its snapshot")
+        elif codec.digest(after) != recorded:
+            self.problems.append(f"entry {n}: the journal gap's snapshot differs from its digest")
+        return after
+
     async def _replay(self, seq: int, state: State, snaps: dict[int, State]) -> None:
         sql = (
             "SELECT seq, input, actions, completed, digest FROM entries WHERE seq > ? ORDER BY seq"
@@ -148,6 +179,8 @@ class _Verifier:
         except JournalCorrupt as err:
             self.problems.append(f"entry {n}: {err}")
             return None
+        if isinstance(inp_value, JournalGap):
+            return self._gap(n, state, recorded)
         expected_done = completes(state, inp_value)
         new, out = self.step(state, inp_value)
         if out != acts_value:

@@ -2,7 +2,8 @@
 
 Inputs that arrive together are stepped as one batch and committed in one transaction
 (group commit: one fsync per batch). No effect starts before the batch that created it is
-durable. On start, `restore(state)` re-emits every pending tracked action.
+durable. On start, `restore(state)` re-emits every pending tracked action. When the journal
+cannot write, the loop goes on in degraded mode (degraded.py) instead of stopping.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.core.actions import Action, Log, Resync, TrackedAction, is_tracked
-from agent.core.inputs import ActionCompleted, Input, input_time
+from agent.core.inputs import ActionCompleted, Input, Tick, input_time
 from agent.core.state import State
 from agent.core.step import completes, restore, step
 from agent.errors import JournalError
 from agent.journal.store import Entry, Journal
+from agent.runtime.degraded import Gap, done_unrecorded
 from agent.runtime.lanes import Lanes
 
 log = logging.getLogger("setpoint.runtime")
-COMMIT_ATTEMPTS = 10
-"""About half a minute of back-off before a failing journal stops the agent."""
+RECHECK_MAX = 4.0
+"""Seconds between two tries of a journal that cannot write (degraded mode)."""
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
 
@@ -86,6 +88,9 @@ class Runtime:
         self.on_commit: list[Callable[[State], None]] = []
         """Called with the committed state after each batch that changed something."""
         self.progress = time.monotonic()
+        self.degraded: Gap | None = None
+        """Set while the journal cannot write (see degraded.py)."""
+        self._watcher: asyncio.Task[None] | None = None
 
     def submit(self, inp: Input) -> None:
         """Queue an input; callable from any task on the loop."""
@@ -148,20 +153,71 @@ class Runtime:
             self._changed.notify_all()
 
     async def _commit(self, entries: list[Entry], state: State) -> None:
-        """Commit, retrying a failing journal with back-off (the loop waits: nothing runs
-        before its decision is durable); give up, and let the agent exit, after a while."""
-        for attempt in range(COMMIT_ATTEMPTS):
+        """Commit the batch; when the journal cannot, go on without it (see degraded.py) and
+        record the gap once it can write again."""
+        gap = self.degraded
+        if gap is None:
             try:
                 await self.journal.commit(entries, state)
                 return
             except JournalError as err:
-                if self.metrics is not None:
-                    self.metrics.journal_failed()
-                if attempt == COMMIT_ATTEMPTS - 1:
-                    raise
-                delay = min(5.0, 0.1 * 2**attempt)
-                log.error("journal commit failed, retrying in %.1fs: %s", delay, err)
-                await asyncio.sleep(delay)
+                gap = self._degrade(str(err))
+        gap.inputs += len(entries)
+        if gap.writable.is_set():
+            await self._close_gap(gap, state)
+
+    def _degrade(self, error: str) -> Gap:
+        gap = self.degraded = Gap(self.clock(), error)
+        if self.metrics is not None:
+            self.metrics.journal_failed()
+        log.error("journal cannot write (%s): DEGRADED, supervising without a record; unit "
+                  "jobs and alerts go on, other effects wait for the journal", error)  # fmt: skip
+        self._watcher = asyncio.create_task(self._watch_journal(gap), name="journal-watch")
+        return gap
+
+    async def _watch_journal(self, gap: Gap) -> None:
+        """Try a small write now and then; once one goes through, wake the loop to close the
+        gap (it closes it with the state of that moment)."""
+        delay = 0.25
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(RECHECK_MAX, delay * 2)
+            try:
+                await self.journal.mark_gap(gap.marker(self.clock()))
+            except JournalError as err:
+                gap.error = str(err)
+                continue
+            gap.writable.set()
+            self.submit(Tick(self.clock()))
+            return
+
+    async def _close_gap(self, gap: Gap, state: State) -> None:
+        try:
+            await self.journal.close_gap(gap.marker(self.clock()), state)
+        except JournalError as err:
+            gap.writable.clear()
+            gap.error = str(err)
+            self._watcher = asyncio.create_task(self._watch_journal(gap), name="journal-watch")
+            return
+        self.degraded = None
+        log.warning("journal writable again after %.1fs: %d inputs were decided on without a "
+                    "record (meanwhile: %s); state snapshotted, effects held are released",
+                    self.clock() - gap.began, gap.inputs, gap.summary())  # fmt: skip
+        for action in gap.held.values():
+            if action.id in state.pending:
+                self.lanes.dispatch(action)
+
+    async def checkpoint(self) -> None:
+        """Snapshot the state (a clean stop); while degraded, try to close the gap instead."""
+        gap = self.degraded
+        try:
+            if gap is None:
+                await self.journal.snapshot(self.state)
+            else:
+                await self.journal.close_gap(gap.marker(self.clock()), self.state)
+        except JournalError as err:
+            log.error("no snapshot at stop: %s; the next start goes on from the last record and "
+                      "observes afresh", err)  # fmt: skip
 
     def _project(self, state: State) -> None:
         """Feed the committed state to the projections (MQTT state, ...), after dispatch: a
@@ -195,9 +251,16 @@ class Runtime:
         self.stats.journaled += journaled
 
     def _act(self, actions: Sequence[Action]) -> None:
+        gap = self.degraded
         for action in actions:
             if is_tracked(action):
-                self.lanes.dispatch(action)
+                if gap is None:
+                    self.lanes.dispatch(action)
+                elif (kind := done_unrecorded(action)) is not None:
+                    gap.done[kind] += 1
+                    self.lanes.dispatch(action)
+                else:
+                    gap.held[action.id] = action
             elif isinstance(action, Log):
                 level = _LEVELS.get(action.level, logging.ERROR)
                 log.log(

@@ -7,7 +7,6 @@ import asyncio
 import re
 import signal
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,9 @@ from agent.core.commands import parse
 from agent.core.inputs import GoalsLoaded, Tick
 from agent.core.spec import DomainSpec, Effect, GoalSet, StateVar, Transition
 from agent.core.state import State
-from agent.errors import JournalError, TransientError
+from agent.errors import TransientError
 from agent.interfaces.metrics import Metrics
-from agent.journal.store import Entry, Journal
+from agent.journal.store import Journal
 from agent.runtime.lanes import RetryPolicy
 from agent.runtime.loop import Runtime
 from tests.agentproc import AgentProcess, cli, journal_rows, status, wait_until
@@ -236,42 +235,6 @@ def test_operator_commands_reach_the_agent_and_bad_ones_change_nothing(tmp_path:
 def test_command_parsing_rejects_bad_requests(body: bytes, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         parse(body, {"web"})
-
-
-class FlakyJournal(Journal):
-    """A real journal whose first commits fail, as a full disk would make them."""
-
-    failures = 2
-
-    async def commit(self, entries: Sequence[Entry], state: State) -> None:
-        if entries and FlakyJournal.failures > 0:
-            FlakyJournal.failures -= 1
-            raise JournalError("disk I/O error (injected)")
-        await super().commit(entries, state)
-
-
-async def test_a_failing_commit_is_retried_and_counted(
-    tmp_path: Path,
-) -> None:
-    FlakyJournal.failures = 2
-    journal = await FlakyJournal.open(tmp_path / "state")
-    metrics = Metrics(State)
-    rt = Runtime(journal, State(), metrics=metrics)
-    ran: list[int] = []
-
-    async def record(action: TrackedAction) -> str:
-        ran.append(action.id)
-        return "ok"
-
-    rt.lanes.register("exec", record)
-    rt.submit(GoalsLoaded(fan_out_goals(1), 0.0))
-    rt.stop()
-    await rt.run()
-    await rt.lanes.drain(5)
-    state, _ = await journal.load()
-    await journal.close()
-    assert FlakyJournal.failures == 0 and ran == [1] and 1 in state.pending
-    assert "setpoint_journal_errors_total 2.0" in metrics.render().decode()
 
 
 async def test_effect_retries_are_counted_per_lane(tmp_path: Path) -> None:
