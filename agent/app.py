@@ -31,6 +31,7 @@ from agent.adapters.mqtt.config import MqttConfig
 from agent.adapters.probes import Prober
 from agent.adapters.systemd.bus import SystemdAdapter
 from agent.core.actions import JobOp, RunEffect, TrackedAction, UnitJob
+from agent.core.alerts import ALERTMANAGER_RESEND
 from agent.core.inputs import GoalsLoaded, GoalsRejected, Input, ProbeResult, Tick
 from agent.core.spec import GoalSet
 from agent.core.state import State
@@ -43,6 +44,7 @@ from agent.interfaces.page import Live, Page, add_routes
 from agent.interfaces.sd_notify import Notifier, status_line
 from agent.journal.store import Journal
 from agent.runtime.clock import SteadyClock
+from agent.runtime.degraded import journal_alert
 from agent.runtime.lanes import RetryPolicy
 from agent.runtime.loop import Runtime
 
@@ -164,6 +166,7 @@ class Daemon:
             rt = self.runtime = Runtime(
                 journal, state, clock=self.clock, on_resync=self._resync.set, metrics=self.metrics
             )
+            self.metrics.watch_runtime(lambda: rt.degraded is not None, rt.mailbox.qsize)
             async with self._cluster(rt):
                 self._wire_lanes(rt)
                 self._install_signals()
@@ -338,6 +341,7 @@ class Daemon:
                 helpers.append(tg.create_task(self.systemd.run(), name="systemd"))
                 helpers.append(tg.create_task(self._resyncer(), name="resync"))
             helpers.append(tg.create_task(self._notify(rt), name="sd-notify"))
+            helpers.append(tg.create_task(self._journal_alarm(rt), name="journal-alarm"))
             if self.outputs is not None and self.outputs.mqtt is not None:
                 tg.create_task(self.outputs.mqtt.run(self._stop), name="mqtt")
             tg.create_task(self._stopper(rt, helpers), name="stopper")
@@ -367,7 +371,24 @@ class Daemon:
     async def _notify(self, rt: Runtime) -> None:
         """sd_notify: READY=1 after the first full resync, then STATUS= and watchdog pings."""
         ready = self.systemd.wait_ready if self.systemd is not None else None
-        await self.notifier.serve(ready, lambda: status_line(rt.state), rt.alive)
+        await self.notifier.serve(ready, lambda: _status_line(rt), rt.alive)
+
+    async def _journal_alarm(self, rt: Runtime) -> None:
+        """JournalDegraded cannot be journaled: sent untracked to every sink, again every
+        ALERTMANAGER_RESEND seconds while the journal cannot write, resolved once it can."""
+        began: float | None = None
+        sent = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            gap, now = rt.degraded, self.clock()
+            if self.outputs is None:
+                continue
+            if gap is not None and (began != gap.began or now - sent >= ALERTMANAGER_RESEND):
+                began, sent = gap.began, now
+                await self.outputs.sinks.broadcast(journal_alert(gap.began, now, gap.error))
+            elif gap is None and began is not None:
+                await self.outputs.sinks.broadcast(journal_alert(began, now, None))
+                began = None
 
     async def _resyncer(self) -> None:
         assert self.systemd is not None
@@ -390,8 +411,16 @@ class Daemon:
         await self.webhook.close()
         if self.outputs is not None:
             await self.outputs.sinks.close()
-        await journal.snapshot(rt.state)
+        await rt.checkpoint()
         log.info("stopped cleanly; %d actions pending", len(rt.state.pending))
+
+
+def _status_line(rt: Runtime) -> str:
+    """sd_notify's STATUS=, which says first when the journal cannot write."""
+    line = status_line(rt.state)
+    if rt.degraded is not None:
+        return f"DEGRADED: journal cannot write ({rt.degraded.error[:120]}); {line}"
+    return line
 
 
 def _unguarded(executor: Executor) -> Executor:

@@ -45,6 +45,7 @@ class Builtin(StrEnum):
     ROUTE_CHANGED = "RouteChanged"
     CLUSTER_UNAVAILABLE = "ClusterUnavailable"
     CLUSTER_GOALS_DIFFER = "ClusterGoalsDiffer"
+    JOURNAL_DEGRADED = "JournalDegraded"
 
 
 def fingerprint(name: str, subject: str) -> str:

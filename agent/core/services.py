@@ -51,9 +51,9 @@ def refresh(draft: Draft, name: str, svc: ServiceState, at: float) -> ServiceSta
 
 
 def _recovering_from(old: Lifecycle, new: Lifecycle, reason: str) -> str:
-    """While the agent restarts or starts a unit out of Error, the reason says what it
-    recovers from."""
-    recovering = old in ("Error", "Restarting") and new in ("Starting", "Restarting")
+    """While the agent restarts or starts a unit out of Error (or after its dependency), the
+    reason says why."""
+    recovering = old in ("Error", "Restarting", "Running") and new in ("Starting", "Restarting")
     return reason if recovering else ""
 
 
@@ -208,6 +208,33 @@ def reconcile(draft: Draft, name: str, now: float) -> None:
         killed=False,
     )
     draft.set_service(name, refresh(draft, name, svc, now))
+
+
+def follow(draft: Draft, dep: str, before: ServiceState, now: float) -> None:
+    """`dep` runs again after a restart: restart, once each, the dependants that asked for it
+    (`restart_with`) and still run from before its current run began."""
+    again = draft.services[dep]
+    if again.lifecycle != "Running" or before.lifecycle == "Running" or before.active == "unknown":
+        return
+    for name in draft.index.dependants.get(dep, ()):
+        spec = draft.service_spec(name)
+        svc = draft.services[name]
+        if dep not in spec.restart_with or not 0 < svc.active_since < again.active_since:
+            continue
+        if svc.active not in UP or _hands_off(draft, spec, svc) or not _deps_running(draft, spec):
+            continue
+        unit = spec.unit
+        job = draft.track(lambda i: UnitJob(i, unit, "restart", name))  # noqa: B023
+        draft.log("info", f"{dep} restarted; restarting", name)
+        svc = evolve(svc, job=job, stop_done=False, killed=False, reason=f"{dep} restarted")
+        draft.set_service(name, refresh(draft, name, svc, now))
+
+
+def _hands_off(draft: Draft, spec: ServiceSpec, svc: ServiceState) -> bool:
+    """The agent leaves this service alone now: maintenance, shutdown, a job, a give-up."""
+    if draft.maintenance or svc.maintenance or draft.stopping or spec.desired != "running":
+        return True
+    return svc.job is not None or svc.gave_up or svc.active == "unknown"
 
 
 def _is_restart(op: str, svc: ServiceState) -> bool:

@@ -82,6 +82,8 @@ class ServiceSpec:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     depends_on: tuple[str, ...] = ()
     alerts: AlertThresholds = field(default_factory=AlertThresholds)
+    restart_with: tuple[str, ...] = ()
+    """Dependencies (of `depends_on`) whose restart restarts this service once they run again."""
     stop_grace: float = 0.0
     """How long the agent's stop or restart may take before it kills the main process (0: off)."""
 

@@ -104,6 +104,7 @@ def _after_service_change(draft: Draft, name: str, old: ServiceState, now: float
     services.reconcile(draft, name, now)
     new = draft.services[name]
     if new.lifecycle != old.lifecycle:
+        services.follow(draft, name, old, now)
         for dependant in draft.index.dependants.get(name, ()):
             services.reconcile(draft, dependant, now)
     if _facts(new) != _facts(old):

@@ -86,7 +86,8 @@ def service(name: str, m: ServiceModel) -> ServiceSpec:
         unit=m.unit,
         probes=tuple(m.probes),
         restart=restart,
-        depends_on=tuple(m.depends_on),
+        depends_on=tuple(m.dependencies),
+        restart_with=tuple(m.restart_with),
         alerts=alerts,
         **given(desired=m.desired, on_unhealthy=m.on_unhealthy, stop_grace=m.stop_grace),
     )

@@ -17,7 +17,7 @@ def references(merged: Merged) -> Iterator[Problem]:
     """Unknown probes, services and sinks named by services, groups and effects."""
     for svc in merged.services.values():
         yield from _names(svc, ("probes",), svc.model.probes, merged.probes, "probe")
-        yield from _names(svc, ("depends_on",), svc.model.depends_on, merged.services, "service")
+        yield from _names(svc, ("depends_on",), svc.model.dependencies, merged.services, "service")
     for group in merged.groups.values():
         yield from _members(group, merged)
     for entry, loc, effects in effect_lists(merged):
@@ -125,7 +125,7 @@ def _walk(services: Mapping[str, Entry[ServiceModel]]) -> Iterator[list[str]]:
     for root in sorted(services):
         if root in done:
             continue
-        stack = [(root, iter(services[root].model.depends_on))]
+        stack = [(root, iter(services[root].model.dependencies))]
         on_path = [root]
         while stack:
             name, deps = stack[-1]
@@ -137,5 +137,5 @@ def _walk(services: Mapping[str, Entry[ServiceModel]]) -> Iterator[list[str]]:
             elif dep in on_path:
                 yield on_path[on_path.index(dep) :]
             elif dep in services and dep not in done:
-                stack.append((dep, iter(services[dep].model.depends_on)))
+                stack.append((dep, iter(services[dep].model.dependencies)))
                 on_path.append(dep)

@@ -119,6 +119,14 @@ class AlertsModel(Strict):
     thrash_window: Window | None = None
 
 
+class DependencyModel(Strict):
+    """A `depends_on` entry written as a mapping: `{service: db, restart: true}` also restarts
+    the dependant once `db` restarted and is Running again."""
+
+    service: Name
+    restart: bool = False
+
+
 class ServiceModel(Strict):
     """A systemd unit under management."""
 
@@ -127,9 +135,19 @@ class ServiceModel(Strict):
     probes: list[Name] = []
     on_unhealthy: Literal["restart", "alert", "none"] | None = None
     restart: RestartModel | None = None
-    depends_on: list[Name] = []
+    depends_on: list[Name | DependencyModel] = []
     alerts: AlertsModel | None = None
     stop_grace: Duration | None = None
+
+    @property
+    def dependencies(self) -> list[str]:
+        """The names in `depends_on`, in order."""
+        return [d if isinstance(d, str) else d.service for d in self.depends_on]
+
+    @property
+    def restart_with(self) -> list[str]:
+        """The dependencies whose restart restarts this service."""
+        return [d.service for d in self.depends_on if not isinstance(d, str) and d.restart]
 
 
 class HttpCheck(Strict):

@@ -68,3 +68,45 @@ def test_a_shutdown_is_observed_not_fought_and_leaves_nothing_pending() -> None:
     assert h.lifecycle("web") == "Stopped"
     back = h.tracked(ManagerStarted(100.0, 61))  # `shutdown -c`: acting again
     assert sorted(jobs(back)) == [("start", "tick.service"), ("start", "web.service")]
+
+
+def propagation(restart: bool) -> Harness:
+    """web depends on db (restarting with it when `restart`) and cache; all running."""
+    h = Harness()
+    web = service("web", depends_on=("db", "cache"), restart_with=("db",) if restart else ())
+    h.load(GoalSet(services=(service("db"), service("cache"), web, service("api",
+                   depends_on=("db",), restart_with=("db",)))))  # fmt: skip
+    for at, unit in enumerate(("db", "cache", "web", "api")):
+        h.feed(UnitObserved(f"{unit}.service", "active", "running", 1 + at, changed_at=1 + at))
+    return h
+
+
+def test_dependants_that_asked_restart_once_after_their_dependency_runs_again() -> None:
+    h = propagation(restart=True)
+    assert h.tracked(UnitObserved("db.service", "deactivating", "stop-sigterm", 10)) == []
+    start = h.tracked(UnitObserved("db.service", "inactive", "dead", 11))
+    assert jobs(start) == [("start", "db.service")]  # nothing else while db is down
+    out = h.feed(UnitObserved("db.service", "active", "running", 12, changed_at=12))
+    h.feed(ActionCompleted(start[0].id, True, 12.1))
+    assert sorted(jobs([a for a in out if isinstance(a, UnitJob)])) == [
+        ("restart", "api.service"), ("restart", "web.service")
+    ]  # fmt: skip
+    assert sorted(a.message for a in out if isinstance(a, Log) and a.subject != "db") == [
+        "db restarted; restarting", "db restarted; restarting"
+    ]  # fmt: skip
+    assert (h.lifecycle("web"), h.state.services["web"].reason) == ("Restarting", "db restarted")
+    job = h.state.services["web"].job or 0
+    h.feed(UnitObserved("web.service", "active", "running", 13, main_pid=7, changed_at=13))
+    h.feed(ActionCompleted(job, True, 13.1))
+    assert h.lifecycle("web") == "Running" and h.state.services["web"].restarts == ()
+    h.feed(UnitObserved("db.service", "active", "reloading", 14))  # not a restart
+    assert h.tracked(UnitObserved("db.service", "active", "running", 15)) == []
+    assert h.tracked(UnitObserved("cache.service", "inactive", "dead", 16)) != []  # start it
+    assert not any(j[1] == "web.service" for j in jobs(h.tracked(Tick(17))))
+
+
+def test_without_the_opt_in_a_dependency_restart_leaves_dependants_alone() -> None:
+    h = propagation(restart=False)
+    h.feed(UnitObserved("db.service", "inactive", "dead", 11))
+    out = h.tracked(UnitObserved("db.service", "active", "running", 12, changed_at=12))
+    assert jobs(out) == [("restart", "api.service")]  # api asked for it, web did not
