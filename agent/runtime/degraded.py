@@ -14,7 +14,8 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 
-from agent.core.actions import RunEffect, SendAlert, TrackedAction, UnitJob
+from agent.core.actions import Alert, RunEffect, SendAlert, TrackedAction, UnitJob
+from agent.core.alerts import EXPIRY, Builtin, fingerprint
 from agent.core.inputs import JournalGap
 
 UNRECORDED_KINDS = frozenset({"systemd", "alert"})
@@ -55,3 +56,19 @@ class Gap:
     def summary(self) -> str:
         """What was done meanwhile, in words."""
         return ", ".join(self.marker(0.0).done) or "nothing"
+
+
+def journal_alert(began: float, now: float, error: str | None) -> Alert:
+    """The JournalDegraded alert: firing while `error` says why the journal cannot write,
+    resolved when None. Sent untracked (see app.py): it cannot be journaled."""
+    name = Builtin.JOURNAL_DEGRADED.value
+    labels = (("alertname", name), ("severity", "critical"), ("subject", "journal"))
+    if error is None:
+        summary, ends = "the journal can write again", now
+    else:
+        summary, ends = (
+            f"the journal cannot write ({error}); supervising without a record",
+            (now + EXPIRY),
+        )
+    key = fingerprint(name, "journal")
+    return Alert(key, name, labels, summary, "critical", error is not None, began, ends)
