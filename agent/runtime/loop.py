@@ -25,7 +25,7 @@ from agent.runtime.degraded import Gap, done_unrecorded
 from agent.runtime.lanes import Lanes
 
 log = logging.getLogger("setpoint.runtime")
-RECHECK_MAX = 4.0
+RECHECK_MAX = 2.0
 """Seconds between two tries of a journal that cannot write (degraded mode)."""
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
