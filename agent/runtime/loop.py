@@ -121,10 +121,16 @@ class Runtime:
                 return
 
     async def _next_batch(self) -> list[Input | None]:
-        """What is queued now, up to the batch limit, ending early at a stop marker."""
+        """What is queued now, up to the batch limit, ending early at a stop marker. Only the
+        newest Tick of a batch is kept: the batch is stepped at once, and ticks that backed up
+        behind a slow commit only say that time passed."""
         batch = [await self.mailbox.get()]
         while batch[-1] is not None and len(batch) < self._batch_max and not self.mailbox.empty():
             batch.append(self.mailbox.get_nowait())
+        ticks = [i for i, inp in enumerate(batch) if isinstance(inp, Tick)]
+        if len(ticks) > 1:
+            stale = set(ticks[:-1])
+            batch = [inp for i, inp in enumerate(batch) if i not in stale]
         return batch
 
     async def process(self, batch: Sequence[Input]) -> None:
