@@ -39,6 +39,10 @@ class UnitObserved:
     exit_status: int = 0
     """ExecMainStatus: the exit status, or the signal number when killed."""
     changed_at: float = 0.0
+    restart: str = ""
+    """The unit's own Restart= setting ("" unknown, "no", "on-failure", "always"...)."""
+    restart_sec: float = 0.0
+    """Its RestartSec=: how long systemd waits before restarting it."""
 
 
 @dataclass(frozen=True)

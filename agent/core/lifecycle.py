@@ -102,6 +102,26 @@ def exit_reason(result: str, code: int, status: int) -> str:
     return ", ".join(parts)
 
 
+_OWN_RESTART = {
+    "on-success": frozenset({"success"}),
+    "on-abnormal": frozenset({"signal", "core-dump", "timeout", "watchdog"}),
+    "on-abort": frozenset({"signal", "core-dump"}),
+    "on-watchdog": frozenset({"watchdog"}),
+}
+
+
+def systemd_restarts(mode: str, result: str) -> bool:
+    """Whether a unit with Restart=`mode` that went down with Result=`result` is restarted by
+    systemd itself (systemd 252 shows such a unit `failed` a moment before `auto-restart`). Pure."""
+    if result == "start-limit-hit":
+        return False
+    if mode == "always":
+        return True
+    if mode == "on-failure":
+        return result != "success"
+    return result in _OWN_RESTART.get(mode, ())
+
+
 def allowed(old: Lifecycle, new: Lifecycle) -> bool:
     """True when the diagram leads from `old` to `new` in one edge, or two (one unseen state)."""
     if (old, new) in ALLOWED:

@@ -5,11 +5,21 @@ from __future__ import annotations
 from agent.core.actions import UnitJob
 from agent.core.draft import Draft, evolve
 from agent.core.inputs import UnitObserved
-from agent.core.lifecycle import AT_REST, UP, allowed, backoff, derive, exit_reason
+from agent.core.lifecycle import (
+    AT_REST,
+    UP,
+    allowed,
+    backoff,
+    derive,
+    exit_reason,
+    systemd_restarts,
+)
 from agent.core.spec import ServiceSpec
 from agent.core.state import Health, Lifecycle, ProbeState, ServiceState
 
 DOWN = frozenset({"inactive", "failed"})
+OWN_RESTART_SLACK = 5.0
+"""How long after its RestartSec= a unit systemd said it would restart is left to systemd."""
 POLKIT_HINT = (
     "the polkit rule does not cover this unit: regenerate it with `setpoint polkit-rule --goals "
     "DIR -o /etc/polkit-1/rules.d/50-setpoint.rules`, then `systemctl reload setpoint`"
@@ -116,7 +126,9 @@ def observe(draft: Draft, name: str, obs: UnitObserved, at: float) -> ServiceSta
         at = obs.changed_at
     came_up = active in UP and (svc.active not in UP or _new_process(svc, obs))
     went_down = active not in UP and (svc.active in UP or active == "failed")
-    exit = svc.exit
+    exit, own = svc.exit, svc.own_restart_until if active in DOWN else 0.0
+    if went_down and systemd_restarts(obs.restart, obs.result):
+        own = at + obs.restart_sec + OWN_RESTART_SLACK
     if went_down:
         why = exit_reason(obs.result, obs.exit_code, obs.exit_status)
         exit = f"unit failed: {why}" if why else f"unit went {active}"
@@ -136,6 +148,7 @@ def observe(draft: Draft, name: str, obs: UnitObserved, at: float) -> ServiceSta
         exit=exit,
         main_pid=obs.main_pid,
         stop_done=svc.stop_done or _stop_done(svc, obs),
+        own_restart_until=own,
     )
     return refresh(draft, name, svc, at)
 
@@ -183,6 +196,8 @@ def reconcile(draft: Draft, name: str, now: float) -> None:
     op = _wants_job(spec, svc)
     if op is None or now < svc.next_attempt:
         return
+    if op == "start" and now < svc.own_restart_until:
+        return  # the unit's own Restart= is about to act; the agent steps in if it does not
     if op != "stop" and not _deps_running(draft, spec):
         return
     policy = spec.restart

@@ -64,6 +64,8 @@ class ServiceState:
     maintenance: bool = False
     main_pid: int = 0
     stop_done: bool = False
+    own_restart_until: float = 0.0
+    """The unit went down and its own Restart= restarts it: left to systemd until then."""
     killed: bool = False
     """The agent killed the main process of this job's stop (its stop grace ran out)."""
     """The agent's restart in flight has seen the old processes go: it reads Starting now."""

@@ -7,7 +7,7 @@ import pytest
 
 from agent.core.actions import Log, SendAlert
 from agent.core.inputs import ActionCompleted, ProbeResult, Tick, UnitObserved
-from agent.core.lifecycle import allowed, derive, exit_reason
+from agent.core.lifecycle import allowed, derive, exit_reason, systemd_restarts
 from agent.core.spec import AlertSink, AlertThresholds, GoalSet
 from agent.core.state import Health, Lifecycle
 from tests.corekit import Harness, http_probe, jobs, policy, service
@@ -214,3 +214,31 @@ def test_a_missing_executable_says_so_in_reason_log_and_alert() -> None:
     assert [(a.name, a.summary) for a in sent] == [
         ("RestartLimitReached", f"web: {cause}; restart limit reached: 2 in 300s")
     ]
+
+
+@pytest.mark.parametrize(
+    ("mode", "result", "expected"),
+    [("always", "success", True), ("always", "signal", True), ("on-failure", "exit-code", True),
+     ("on-failure", "success", False), ("on-abnormal", "signal", True),
+     ("on-abnormal", "exit-code", False), ("no", "signal", False), ("", "signal", False),
+     ("always", "start-limit-hit", False)],
+)  # fmt: skip
+def test_which_failures_systemd_restarts_itself(mode: str, result: str, expected: bool) -> None:
+    assert systemd_restarts(mode, result) is expected
+
+
+def test_a_unit_with_its_own_restart_is_left_to_systemd_unless_it_does_not() -> None:
+    h = Harness()
+    h.load(GoalSet(services=(service("web"),)))
+    h.feed(UnitObserved("web.service", "active", "running", 1, restart="always"))
+    died = UnitObserved("web.service", "failed", "failed", 2, result="signal", exit_code=2,
+                        exit_status=9, restart="always", restart_sec=1.0)  # fmt: skip
+    assert h.tracked(died) == []  # systemd 252 shows `failed` before `auto-restart`
+    assert h.tracked(UnitObserved("web.service", "activating", "auto-restart", 2.01,
+                                  restart="always", restart_sec=1.0)) == []  # fmt: skip
+    h.feed(UnitObserved("web.service", "active", "running", 3, restart="always"))
+    assert h.lifecycle("web") == "Running" and _jumps(h) == []
+    assert h.tracked(UnitObserved("web.service", "failed", "failed", 10, result="signal",
+                                  restart="always", restart_sec=1.0)) == []  # fmt: skip
+    assert h.tracked(Tick(15.9)) == []
+    assert jobs(h.tracked(Tick(16.1))) == [("start", "web.service")]  # systemd did not

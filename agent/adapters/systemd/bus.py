@@ -598,6 +598,8 @@ class SystemdAdapter:
                 n_restarts=seen.n_restarts,
                 exit_code=seen.exit_code,
                 exit_status=seen.exit_status,
+                restart=seen.restart,
+                restart_sec=seen.restart_usec / 1e6,
                 changed_at=self._on_clock(seen.changed / 1e6) if seen.changed else 0.0,
             )
         )

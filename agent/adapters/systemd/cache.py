@@ -27,6 +27,8 @@ SERVICE_PROPS = {
     "NRestarts": "n_restarts",
     "ExecMainCode": "exit_code",
     "ExecMainStatus": "exit_status",
+    "Restart": "restart",
+    "RestartUSec": "restart_usec",
 }
 
 
@@ -42,6 +44,9 @@ class Seen:
     n_restarts: int = 0
     exit_code: int = 0
     exit_status: int = 0
+    restart: str = ""
+    """The unit's own Restart= setting (no, on-failure, always...)."""
+    restart_usec: int = 0
     changed: int = 0
     """systemd's StateChangeTimestampMonotonic (us of CLOCK_MONOTONIC: a wall-clock step does
     not move it); 0 when unknown."""
