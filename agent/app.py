@@ -15,13 +15,14 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
 from agent.adapters.alerts.sinks import Sinks
+from agent.adapters.alerts.unitlogs import AlertLogs
 from agent.adapters.cluster.bridge import ClusterBridge, Executor
 from agent.adapters.cluster.config import ClusterConfig
 from agent.adapters.effects.exec import run_exec
@@ -30,6 +31,7 @@ from agent.adapters.mqtt import no_broker
 from agent.adapters.mqtt.config import MqttConfig
 from agent.adapters.probes import Prober
 from agent.adapters.systemd.bus import SystemdAdapter
+from agent.adapters.systemd.unitlog import Limits, UnitLogs
 from agent.core.actions import JobOp, RunEffect, TrackedAction, UnitJob
 from agent.core.alerts import ALERTMANAGER_RESEND
 from agent.core.inputs import GoalsLoaded, GoalsRejected, Input, ProbeResult, Tick
@@ -74,6 +76,7 @@ def wire_outputs(
     http_port: int = 9477,
     clock: Callable[[], float] = time.time,
     to_wall: Callable[[float], float] | None = None,
+    logs: AlertLogs | None = None,
 ) -> Outputs:
     """Register the `alert:*`, `alert` and `mqtt` lanes; feed committed state to MQTT.
 
@@ -101,6 +104,7 @@ def wire_outputs(
         generator_url=generator_url,
         clock=clock,
         to_wall=to_wall,
+        logs=logs,
     )
     rt.lanes.register("alert:", sinks.send, ALERT_RETRY)
     rt.lanes.register("alert", sinks.effect, ALERT_RETRY)
@@ -126,6 +130,24 @@ class Options:
     mqtt: MqttConfig | None = None
     hostname: str = ""
     cluster: ClusterConfig | None = None
+    unit_logs: Limits = field(default_factory=Limits)
+
+
+def alert_logs(rt: Runtime, bus: str, limits: Limits) -> AlertLogs | None:
+    """Unit log lines for service alerts, from the journal of the bus's manager (none without
+    a bus, or with `limits.lines` 0)."""
+    if bus == "none" or limits.lines <= 0:
+        return None
+    reader = UnitLogs(user=bus == "user", limits=limits)
+
+    async def read(unit: str, ended: bool) -> dict[str, Any]:
+        return (await reader.last_lines(unit, ended=ended)).doc()
+
+    def unit_of(service: str) -> str | None:
+        spec = rt.state.index.services.get(service)
+        return spec.unit if spec is not None else None
+
+    return AlertLogs(read, unit_of)
 
 
 class Daemon:
@@ -219,7 +241,10 @@ class Daemon:
 
     async def _serve_http(self, rt: Runtime, journal: Journal) -> web.AppRunner:
         assert self.metrics is not None
-        api = httpapi.app(self.metrics, lambda: rt.state, rt.alive, self.clock)
+        logs = self.outputs.sinks.logs if self.outputs is not None else None
+        api = httpapi.app(
+            self.metrics, lambda: rt.state, rt.alive, self.clock, logs.get if logs else None
+        )
         add_routes(api, self._page(rt, journal))
         runner = await httpapi.serve(api, self.opts.http_host, self.opts.http_port)
         log.info("metrics on http://%s:%d/metrics", self.opts.http_host, self.opts.http_port)
@@ -268,6 +293,7 @@ class Daemon:
             self.opts.mqtt,
             self.opts.hostname,
             http_port=self.opts.http_port,
+            logs=alert_logs(rt, self.opts.bus, self.opts.unit_logs),
             clock=self.clock,
             to_wall=self._to_wall,
         )

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent.core.state import State
 from agent.interfaces.metrics import Metrics
-from agent.interfaces.views import status_dict
+from agent.interfaces.views import UnitLogsOf, status_dict
 
 
 def app(
@@ -24,6 +24,7 @@ def app(
     state: Callable[[], State],
     alive: Callable[[], bool],
     clock: Callable[[], float] = time.time,
+    logs: UnitLogsOf | None = None,
 ) -> web.Application:
     """The endpoint's routes; only GET is served, everything else is 405."""
 
@@ -35,7 +36,7 @@ def app(
         return web.json_response({"status": "ok" if ok else "stuck"}, status=200 if ok else 503)
 
     async def get_status(_request: web.Request) -> web.Response:
-        return web.json_response(status_dict(state(), clock()))
+        return web.json_response(status_dict(state(), clock(), logs))
 
     application = web.Application(client_max_size=1024)
     application.router.add_get("/metrics", get_metrics)

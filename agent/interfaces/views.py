@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agent.core.actions import Action, RunEffect, SendAlert, TrackedAction, UnitJob
@@ -22,8 +23,12 @@ def describe(action: Action) -> str:
     return repr(action)
 
 
-def status_dict(state: State, now: float) -> dict[str, Any]:
-    """The state as plain JSON-ready data."""
+UnitLogsOf = Callable[[str], dict[str, Any] | None]
+"""An alert's fingerprint -> the unit log lines it was sent with (adapters.alerts.unitlogs)."""
+
+
+def status_dict(state: State, now: float, logs: UnitLogsOf | None = None) -> dict[str, Any]:
+    """The state as plain JSON-ready data; firing alerts with their unit's log lines, if any."""
     c = state.cluster
     return {
         "maintenance": state.maintenance,
@@ -71,11 +76,17 @@ def status_dict(state: State, now: float) -> dict[str, Any]:
                 "severity": a.alert.severity,
                 "summary": a.alert.summary,
                 "for_seconds": round(max(0.0, now - a.alert.starts_at), 3),
+                **_logs(logs, a),
             }
             for a in firing(state)
         ],
         "pending": [describe(a) for a in pending(state)],
     }
+
+
+def _logs(logs: UnitLogsOf | None, held: AlertState) -> dict[str, Any]:
+    found = logs(held.alert.fingerprint) if logs is not None else None
+    return {"logs": found} if found is not None else {}
 
 
 def firing(state: State) -> list[AlertState]:

@@ -6,7 +6,9 @@ Library errors become TransientError (connection refused, timeouts, 5xx, 429) or
 PermanentError (other 4xx, bad configuration) here, at the edge. Every alert carries the labels
 alertname, severity, subject and host. A webhook may be signed: `X-Setpoint-Signature:
 sha256=<hex HMAC-SHA256 of the body>` with the secret from the environment variable the sink
-names (read at send time, never logged).
+names (read at send time, never logged). A firing alert about a service may carry that unit's
+last journal lines (.unitlogs): `logs` in the webhook/MQTT document, the `logs` annotation
+(its newest AM_LOGS_BYTES) for Alertmanager.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from agent.adapters.alerts.log import log_alert
+from agent.adapters.alerts.unitlogs import AlertLogs
 from agent.adapters.edge import http_outcome, publish_topic
 from agent.core.actions import Alert, RunEffect, SendAlert, TrackedAction
 from agent.core.alerts import EXPIRY, effect_alert
@@ -35,6 +38,8 @@ from agent.journal.reports import utc_iso
 log = logging.getLogger("setpoint.sinks")
 HOST_LABEL = "host"
 SIGNATURE_HEADER = "X-Setpoint-Signature"
+AM_LOGS_BYTES = 1024
+"""Most bytes of unit log lines in an Alertmanager annotation (the newest are kept)."""
 
 
 def rfc3339(ts: float) -> str:
@@ -54,11 +59,17 @@ def ends_at(alert: Alert, now: float) -> float:
     return alert.ends_at or now
 
 
-def alertmanager_body(alert: Alert, host: str, now: float, generator_url: str) -> bytes:
+def alertmanager_body(
+    alert: Alert, host: str, now: float, generator_url: str, logs: dict[str, Any] | None = None
+) -> bytes:
     """POST /api/v2/alerts body: a list with one postable alert."""
+    annotations = {"summary": alert.summary}
+    if logs is not None:
+        annotations["logs"] = logs_annotation(logs["lines"])
+        annotations["invocation"] = logs["invocation"]
     doc = {
         "labels": labels_of(alert, host),
-        "annotations": {"summary": alert.summary},
+        "annotations": annotations,
         "startsAt": rfc3339(alert.starts_at),
         "endsAt": rfc3339(ends_at(alert, now)),
         "generatorURL": generator_url,
@@ -66,9 +77,22 @@ def alertmanager_body(alert: Alert, host: str, now: float, generator_url: str) -
     return json.dumps([doc], sort_keys=True).encode()
 
 
-def alert_doc(alert: Alert, host: str, now: float) -> dict[str, Any]:
+def logs_annotation(lines: list[str]) -> str:
+    """The newest lines within AM_LOGS_BYTES, joined; a leading "…" when some were left out."""
+    body = "\n".join(lines).encode()
+    if len(body) <= AM_LOGS_BYTES:
+        return body.decode()
+    tail = body[-(AM_LOGS_BYTES - 3) :].decode("utf-8", "ignore")
+    return "…" + tail
+
+
+def alert_doc(
+    alert: Alert, host: str, now: float, logs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The JSON document webhooks and MQTT receive."""
+    extra = {"logs": logs} if logs is not None else {}
     return {
+        **extra,
         "status": "firing" if alert.firing else "resolved",
         "fingerprint": alert.fingerprint,
         "labels": labels_of(alert, host),
@@ -108,8 +132,10 @@ class Sinks:
         env: Mapping[str, str] = os.environ,
         timeout: float = 10.0,
         to_wall: Callable[[float], float] | None = None,
+        logs: AlertLogs | None = None,
     ) -> None:
         self._sinks = sinks
+        self.logs = logs
         self._to_wall = to_wall
         """Readings of `clock` as wall time (agent.runtime.clock); what Alertmanager reads."""
         self.hostname = hostname
@@ -157,14 +183,15 @@ class Sinks:
     async def deliver(self, sink: AlertSink, alert: Alert, action_id: int) -> str:
         """One alert to one sink; TransientError or PermanentError when it is not accepted."""
         now = self._clock()
+        lines = await self.logs.for_alert(alert) if self.logs is not None else None
         if (wall := self._to_wall) is not None:
             ends = wall(alert.ends_at) if alert.ends_at else 0.0
             alert, now = replace(alert, starts_at=wall(alert.starts_at), ends_at=ends), wall(now)
         if sink.kind == "alertmanager":
             url = sink.url.rstrip("/") + "/api/v2/alerts"
-            body = alertmanager_body(alert, self.hostname, now, self.generator_url)
+            body = alertmanager_body(alert, self.hostname, now, self.generator_url, lines)
             return await self._post(url, body, {})
-        doc = alert_doc(alert, self.hostname, now)
+        doc = alert_doc(alert, self.hostname, now, lines)
         body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         if sink.kind == "webhook":
             headers = {"X-Setpoint-Action-Id": str(action_id)}
