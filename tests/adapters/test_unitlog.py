@@ -67,6 +67,7 @@ def test_bounded_cuts_a_newest_line_over_budget_on_a_character_boundary() -> Non
 FAKE = """\
 import json, os, sys, time
 args = sys.argv[1:]
+INV, OTHER = os.environ["FAKE_INV"], os.environ["FAKE_OTHER"]
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(json.dumps(args) + "\\n")
 mode = os.environ.get("FAKE_MODE", "")
@@ -80,13 +81,13 @@ if mode == "fail":
     sys.exit(1)
 if any(a.startswith("MESSAGE_ID=") for a in args):
     if mode != "no-manager":
-        print(json.dumps({"INVOCATION_ID": "%s", "__CURSOR": "c"}))
+        print(json.dumps({"INVOCATION_ID": INV, "__CURSOR": "c"}))
 elif any(a.startswith("_SYSTEMD_UNIT=") for a in args):
-    print(json.dumps({"_SYSTEMD_INVOCATION_ID": "%s"}))
+    print(json.dumps({"_SYSTEMD_INVOCATION_ID": OTHER}))
 else:
     for i in range(25):
-        print(json.dumps({"MESSAGE": f"line {i}", "_SYSTEMD_INVOCATION_ID": "%s"}))
-""" % (INV, "f" * 32, INV)
+        print(json.dumps({"MESSAGE": f"line {i}", "_SYSTEMD_INVOCATION_ID": INV}))
+"""
 
 
 @pytest.fixture
@@ -95,6 +96,8 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], Pa
     script.write_text(FAKE)
     log = tmp_path / "argv.jsonl"
     monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setenv("FAKE_INV", INV)
+    monkeypatch.setenv("FAKE_OTHER", "f" * 32)
     return [sys.executable, str(script)], log
 
 
@@ -160,7 +163,7 @@ async def test_missing_journalctl_and_an_empty_real_journal() -> None:
         await UnitLogs(journalctl=["/nonexistent/journalctl"]).invocation("a.service", ended=True)
     if shutil.which("journalctl") is None:
         pytest.skip("no journalctl on this host")
-    with pytest.raises(JournalUnreadable, match="no invocation of nothing-here-e2e.service"):
+    with pytest.raises(JournalUnreadable, match=r"no invocation of nothing-here-e2e\.service"):
         await UnitLogs().invocation("nothing-here-e2e.service", ended=True)
 
 
