@@ -126,7 +126,8 @@ def observe(draft: Draft, name: str, obs: UnitObserved, at: float) -> ServiceSta
         at = obs.changed_at
     came_up = active in UP and (svc.active not in UP or _new_process(svc, obs))
     went_down = active not in UP and (svc.active in UP or active == "failed")
-    exit, own = svc.exit, svc.own_restart_until if active in DOWN else 0.0
+    waiting = active in DOWN or sub == "auto-restart"  # then inactive/dead, then activating
+    exit, own = svc.exit, svc.own_restart_until if waiting else 0.0
     if went_down and systemd_restarts(obs.restart, obs.result):
         own = at + obs.restart_sec + OWN_RESTART_SLACK
     if went_down:

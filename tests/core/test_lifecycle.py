@@ -236,7 +236,13 @@ def test_a_unit_with_its_own_restart_is_left_to_systemd_unless_it_does_not() -> 
     assert h.tracked(died) == []  # systemd 252 shows `failed` before `auto-restart`
     assert h.tracked(UnitObserved("web.service", "activating", "auto-restart", 2.01,
                                   restart="always", restart_sec=1.0)) == []  # fmt: skip
-    h.feed(UnitObserved("web.service", "active", "running", 3, restart="always"))
+    assert (
+        h.tracked(
+            UnitObserved("web.service", "inactive", "dead", 3.01, restart="always", restart_sec=1.0)
+        )
+        == []
+    )  # its restart job
+    h.feed(UnitObserved("web.service", "active", "running", 3.02, restart="always"))
     assert h.lifecycle("web") == "Running" and _jumps(h) == []
     assert h.tracked(UnitObserved("web.service", "failed", "failed", 10, result="signal",
                                   restart="always", restart_sec=1.0)) == []  # fmt: skip
