@@ -44,9 +44,10 @@ from agent.interfaces import http as httpapi
 from agent.interfaces.metrics import Metrics
 from agent.interfaces.page import Live, Page, add_routes
 from agent.interfaces.sd_notify import Notifier, status_line
+from agent.interfaces.views import status_dict
 from agent.journal.store import Journal
 from agent.runtime.clock import SteadyClock
-from agent.runtime.degraded import journal_alert
+from agent.runtime.degraded import health, journal_alert
 from agent.runtime.lanes import RetryPolicy
 from agent.runtime.loop import Runtime
 
@@ -195,7 +196,9 @@ class Daemon:
                 self._load(rt, goals)
                 pending = rt.restore()
                 runner = await self._serve_http(rt, journal)
-                commands = control.app(rt.submit, lambda: set(rt.state.services.keys()), self.clock)
+                commands = control.app(
+                    rt.submit, lambda: set(rt.state.services.keys()), self.clock, self._live(rt)
+                )
                 control_runner = await control.serve(commands, self.opts.state_dir)
                 log.info("started: %d pending actions restored", pending)
                 try:
@@ -256,6 +259,16 @@ class Daemon:
         host = self.opts.http_host
         return (f"[{host}]" if ":" in host else host), self.opts.http_port
 
+    def _live(self, rt: Runtime) -> Callable[[], dict[str, Any]]:
+        """The live status document (`setpoint status` over the control socket)."""
+
+        def doc() -> dict[str, Any]:
+            now = self.clock()
+            return {**status_dict(rt.state, now), "journal": health(rt.degraded, now),
+                    "source": "agent"}  # fmt: skip
+
+        return doc
+
     def _page(self, rt: Runtime, journal: Journal) -> Page:
         """The status page, woken by every commit, its history read from the journal."""
         assert self.metrics is not None
@@ -269,6 +282,7 @@ class Daemon:
             token=self.opts.page_token,
             live=live,
             latency=self.metrics.probes.last.get,
+            journal=lambda: health(rt.degraded, self.clock()),
         )
 
     def _wire_lanes(self, rt: Runtime) -> None:

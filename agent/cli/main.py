@@ -385,11 +385,20 @@ async def _observe(bus: Literal["system", "user"], units: list[str]) -> list[Inp
 
 
 async def _status(args: argparse.Namespace) -> int:
-    state = await _load_state(args.state_dir)
+    """The running agent's live state; the journal's when no agent answers."""
+    doc = await control.live_status(args.state_dir)
+    if doc is None:
+        doc = status_dict(await _load_state(args.state_dir), time.time())
+        doc["source"] = "journal"
     if args.json:
-        print(json.dumps(status_dict(state, time.time()), indent=2))
-    else:
-        print(status_text(state, time.time()))
+        print(json.dumps(doc, indent=2))
+        return 0
+    journal = doc.get("journal", {})
+    if journal.get("degraded"):
+        print(f"JOURNAL DEGRADED for {journal['for_seconds']:.0f}s: {journal['error']}\n"
+              f"  supervising without a record: {journal['unrecorded_inputs']} inputs so far, "
+              f"{journal['held_effects']} effects held until it can write")  # fmt: skip
+    print(status_text(doc))
     return 0
 
 

@@ -4,6 +4,8 @@ The socket is created mode 0600, so only the agent's own user (and root) may sen
 the journal lock guarantees one agent per directory, so a leftover socket is safe to replace.
 
     POST /v1/commands  {"command": "maintenance_on", "service": "web"}   -> 202
+    GET  /v1/status    the live state (`setpoint status` asks here first: the journal may lag
+                       behind, e.g. while it cannot write)
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ SOCKET = "control.sock"
 
 
 def app(
-    submit: Callable[[Input], None], services: Callable[[], set[str]], clock: Callable[[], float]
+    submit: Callable[[Input], None],
+    services: Callable[[], set[str]],
+    clock: Callable[[], float],
+    status: Callable[[], dict[str, Any]] | None = None,
 ) -> web.Application:
-    """The command endpoint; a bad request changes nothing and says why."""
+    """The command endpoint (a bad request changes nothing and says why) and the live status."""
 
     async def post(request: web.Request) -> web.Response:
         try:
@@ -39,8 +44,12 @@ def app(
         submit(OperatorCommand(command, clock(), service, asker(request)))
         return web.json_response({"accepted": command, "service": service}, status=202)
 
+    async def get(_request: web.Request) -> web.Response:
+        return web.json_response(status() if status is not None else {})
+
     application = web.Application(client_max_size=4096)
     application.router.add_post("/v1/commands", post)
+    application.router.add_get("/v1/status", get)
     return application
 
 
@@ -89,3 +98,20 @@ async def send(state_dir: Path, command: str, service: str = "") -> dict[str, An
     if resp.status != 202:
         raise SetpointError(f"command refused: {reply.get('error', resp.status)}")
     return reply
+
+
+async def live_status(state_dir: Path, timeout: float = 3.0) -> dict[str, Any] | None:
+    """The running agent's live status; None when no agent answers in time."""
+    path = state_dir / SOCKET
+    try:
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=str(path)),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as session,
+            session.get("http://agent/v1/status") as resp,
+        ):
+            doc = await resp.json() if resp.status == 200 else None
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc else None

@@ -57,6 +57,8 @@ class Page:
     live: Live | None = None
     latency: Callable[[str], float | None] = lambda _probe: None
     """A probe's latest latency in seconds (Metrics.probes.last.get)."""
+    journal: Callable[[], dict[str, object]] = lambda: {"degraded": False}
+    """The journal's health (agent.runtime.degraded.health)."""
 
 
 class Live:
@@ -189,6 +191,7 @@ async def page_view(page: Page) -> dict[str, Any]:
     view["now"] = now
     view["time"] = local_iso(now)
     view["actions"] = bool(page.token)
+    view["journal"] = page.journal()
     for name, svc in view["services"].items():
         svc["probes"] = _probes(state, name, page.latency)
     for name, dom in view["domains"].items():

@@ -100,40 +100,41 @@ def pending(state: State) -> list[TrackedAction]:
     return [state.pending[i] for i in sorted(state.pending.keys())]
 
 
-def status_text(state: State, now: float) -> str:
-    """A compact table for terminals."""
-    lines = ["maintenance mode: ON" if state.maintenance else "maintenance mode: off", ""]
-    c = state.cluster
+def status_text(doc: dict[str, Any]) -> str:
+    """A compact table for terminals, from `status_dict`'s document (live or journaled)."""
+    lines = ["maintenance mode: ON" if doc["maintenance"] else "maintenance mode: off", ""]
     lines.append(f"{'SERVICE':<24} {'STATE':<11} {'FOR':>8} {'ACTIVE':<20} {'HEALTH':<9} RESTARTS")
-    for name, svc in sorted(state.services.items()):
-        active = f"{svc.active}/{svc.sub}" if svc.sub else svc.active
-        flag = " (maintenance)" if svc.maintenance else ""
-        reason = f"  {svc.reason}" if svc.reason else ""
+    for name, svc in doc["services"].items():
+        active = f"{svc['active']}/{svc['sub']}" if svc["sub"] else svc["active"]
+        flag = " (maintenance)" if svc["maintenance"] else ""
+        reason = f"  {svc['reason']}" if svc["reason"] else ""
         lines.append(
-            f"{name:<24} {svc.lifecycle:<11} {_age(now - svc.since):>8} {active:<20} "
-            f"{svc.health:<9} {svc.restarts_total}{flag}{reason}"
+            f"{name:<24} {svc['lifecycle']:<11} {_age(svc['for_seconds']):>8} {active:<20} "
+            f"{svc['health']:<9} {svc['restarts']}{flag}{reason}"
         )
-    for name, dom in sorted(state.domains.items()):
-        values = ", ".join(f"{k}={v}" for k, v in sorted(dom.values.items()))
-        verdict = "goal holds" if dom.satisfied else "goal BROKEN"
-        busy = f"; in flight: {', '.join(sorted(dom.in_flight.keys()))}" if dom.in_flight else ""
+    for name, dom in doc["domains"].items():
+        values = ", ".join(f"{k}={v}" for k, v in dom["values"].items())
+        verdict = "goal holds" if dom["satisfied"] else "goal BROKEN"
+        busy = f"; in flight: {', '.join(dom['in_flight'])}" if dom["in_flight"] else ""
         lines.append(f"domain {name}: {verdict} ({values}){busy}")
-    if c.members or any(d.scope == "cluster" for d in state.goals.domains):
-        lead = f"this node, fence {c.fence}" if c.fence else c.leader or "none"
-        link = "healthy" if c.healthy else "DOWN: cluster domains paused"
-        lines.append(f"cluster: {link}; leader {lead}; members {', '.join(c.members) or '-'}")
-    for name, group in sorted(state.groups.items()):
-        moving = f" (switching from {group.applied})" if group.applied != group.route else ""
-        lines.append(f"group {name}: route {group.route or '-'}{moving}; {group.switches} switches")
-    alerts = firing(state)
-    lines.append(f"alerts firing: {len(alerts)}")
+    c = doc["cluster"]
+    if c["members"] or c["domains"]:
+        lead = f"this node, fence {c['fence']}" if c["fence"] else c["leader"] or "none"
+        link = "healthy" if c["healthy"] else "DOWN: cluster domains paused"
+        lines.append(f"cluster: {link}; leader {lead}; members {', '.join(c['members']) or '-'}")
+    for name, group in doc["groups"].items():
+        applied = group["applied"]
+        moving = f" (switching from {applied})" if applied != group["route"] else ""
+        lines.append(f"group {name}: route {group['route'] or '-'}{moving}; "
+                     f"{group['switches']} switches")  # fmt: skip
+    lines.append(f"alerts firing: {len(doc['alerts'])}")
     lines.extend(
-        f"  {a.alert.severity:<8} {a.alert.name} ({a.alert.subject}) "
-        f"for {_age(now - a.alert.starts_at)}: {a.alert.summary}"
-        for a in alerts
+        f"  {a['severity']:<8} {a['name']} ({a['subject']}) "
+        f"for {_age(a['for_seconds'])}: {a['summary']}"
+        for a in doc["alerts"]
     )
-    lines.append(f"pending actions: {len(state.pending)}")
-    lines.extend(f"  {describe(a)}" for a in pending(state))
+    lines.append(f"pending actions: {len(doc['pending'])}")
+    lines.extend(f"  {p}" for p in doc["pending"])
     return "\n".join(lines)
 
 

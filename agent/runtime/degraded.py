@@ -72,3 +72,17 @@ def journal_alert(began: float, now: float, error: str | None) -> Alert:
         )
     key = fingerprint(name, "journal")
     return Alert(key, name, labels, summary, "critical", error is not None, began, ends)
+
+
+def health(gap: Gap | None, now: float) -> dict[str, object]:
+    """The journal's health for status views: `{"degraded": false}` while it writes."""
+    if gap is None:
+        return {"degraded": False}
+    return {
+        "degraded": True,
+        "for_seconds": round(max(0.0, now - gap.began), 3),
+        "error": gap.error,
+        "unrecorded_inputs": gap.inputs,
+        "held_effects": len(gap.held),
+        "done": list(gap.marker(now).done),
+    }

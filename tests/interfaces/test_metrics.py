@@ -107,7 +107,7 @@ def test_status_shows_routes_and_firing_alerts() -> None:
     assert view["groups"] == {"db": {"route": "replica", "applied": "primary", "switches": 2}}
     [alert] = view["alerts"]
     assert (alert["name"], alert["subject"], alert["for_seconds"]) == ("GoalsInvalid", "goals", 60)
-    text = status_text(state, 64.0)
+    text = status_text(view)
     assert "group db: route replica (switching from primary); 2 switches" in text
     assert (
         "alerts firing: 1\n  warning  GoalsInvalid (goals) for 1.0m: goal reload rejected" in text

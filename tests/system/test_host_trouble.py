@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agentproc import AgentProcess, cli, free_port, journal_rows, wait_until
+from tests.agentproc import AgentProcess, cli, free_port, journal_rows, status, wait_until
 from tests.brokers import PostRecorder
 from tests.needs import unavailable
 from tests.sysmgr import SystemdUser
@@ -90,11 +90,17 @@ def test_supervision_goes_on_while_the_disk_is_full(
             kill_and_await_restart(mgr, UNIT, f"restart {n + 2} while degraded")
         wait_until(lambda: "firing" in degraded_alerts(hook), 10, "JournalDegraded at the hook")
         assert agent.proc.poll() is None, "the agent stopped supervising"
+        live = status(state)  # from the agent: the journal lags behind
+        assert live["source"] == "agent" and live["journal"]["degraded"]
+        assert live["services"]["trouble"]["restarts"] == 3
+        text = cli("status", "--state-dir", str(state)).stdout
+        assert text.startswith("JOURNAL DEGRADED for "), text
         mended = time.monotonic()
         filler.unlink()
         wait_until(lambda: "journal writable again" in agent.output(), 15, "the journal back")
         back = time.monotonic() - mended
         assert agent.metric("setpoint_journal_degraded") == 0.0
+        assert status(state)["journal"] == {"degraded": False}
         wait_until(lambda: "resolved" in degraded_alerts(hook), 10, "JournalDegraded resolved")
         gaps = [r for r in journal_rows(state) if r["input"]["type"] == "JournalGap"]
         assert len(gaps) == 1 and gaps[0]["input"]["inputs"] >= 3
@@ -155,7 +161,8 @@ def test_a_disk_gone_read_only_loses_nothing(systemd_user: SystemdUser, tmp_path
         subprocess.run(["mount", "-o", "loop", str(image), str(state)], check=True)
         verified = cli("journal", "verify", "--state-dir", str(state))
         assert verified.returncode == 0, verified.stdout + verified.stderr
-        assert journal_rows(state) == before  # intact: as it was when the disk failed
+        kept = journal_rows(state)  # newest first: what was there before is all still there
+        assert kept[len(kept) - len(before) :] == before
         again = cleanup.enter_context(AgentProcess(goal_file, state, bus="user", env=mgr.env))
         again.wait_started()
         kill_and_await_restart(mgr, UNIT, "a restart once the disk is mended")

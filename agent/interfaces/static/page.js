@@ -109,6 +109,10 @@ function render(v) {
   const mode = $("mode");
   mode.textContent = v.maintenance ? "maintenance mode: ON" : "acting";
   mode.className = v.maintenance ? "badge maint" : "badge on";
+  if (v.journal && v.journal.degraded) {
+    mode.textContent = `JOURNAL DEGRADED for ${age(v.journal.for_seconds)}: ${v.journal.error} — supervising without a record`;
+    mode.className = "badge maint";
+  }
   services(v);
   domains(v);
   const routes = $("routes").querySelector("tbody");
