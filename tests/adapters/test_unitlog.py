@@ -192,7 +192,7 @@ async def test_alert_logs_read_once_per_firing_alert() -> None:
     read = Reader()
     logs = AlertLogs(read, {"web": "web.service"}.get)
     both = await asyncio.gather(logs.for_alert(alert()), logs.for_alert(alert()))
-    assert both == [DOC, DOC] and read.calls == [("web.service", True)]
+    assert list(both) == [DOC, DOC] and read.calls == [("web.service", True)]
     assert logs.get("RestartLimitReached:web") == DOC
     again = replace(alert(), starts_at=2000.0)  # fired again: a new failure
     await logs.for_alert(again)
@@ -207,7 +207,7 @@ async def test_no_logs_for_resolved_other_or_unknown_subjects() -> None:
     assert await logs.for_alert(alert(firing=False)) is None
     assert await logs.for_alert(alert("GoalBroken")) is None
     assert await logs.for_alert(alert("UnitNotPermitted")) is None
-    assert await AlertLogs(read, {}.get).for_alert(alert()) is None
+    assert await AlertLogs(read, lambda _name: None).for_alert(alert()) is None
     assert read.calls == []
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from agent.adapters.mqtt.commands import CommandPolicy
+from agent.adapters.mqtt.discovery import DEFAULT_PREFIX
 from agent.core.commands import COMMANDS
 
 PASSWORD_ENV = "SETPOINT_MQTT_PASSWORD"  # noqa: S105 - the variable's name, not a secret
@@ -32,6 +33,8 @@ class MqttConfig:
     ca_file: Path | None = None
     commands: CommandPolicy | None = None
     keepalive: int = 30
+    discovery: str | None = None
+    """Home Assistant discovery prefix (None: no discovery configs)."""
 
     @property
     def where(self) -> str:
@@ -117,6 +120,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mqtt-allow-services", type=_names, default=frozenset(), metavar="SERVICE,...",
         help="services MQTT commands may target ('*': all, and the whole agent)",
     )  # fmt: skip
+    group.add_argument(
+        "--mqtt-discovery", nargs="?", const=DEFAULT_PREFIX, default=None, metavar="PREFIX",
+        help=f"publish Home Assistant discovery configs under PREFIX (default {DEFAULT_PREFIX})",
+    )  # fmt: skip
 
 
 def _names(text: str) -> frozenset[str]:
@@ -128,11 +135,11 @@ def from_args(
 ) -> MqttConfig | None:
     """The configuration `args` ask for (None without --mqtt-url); ValueError when unusable."""
     if args.mqtt_url is None:
-        if args.mqtt_commands:
-            raise ValueError("--mqtt-commands needs --mqtt-url")
+        if args.mqtt_commands or args.mqtt_discovery is not None:
+            raise ValueError("--mqtt-commands and --mqtt-discovery need --mqtt-url")
         return None
     try:
-        return configure(
+        config = configure(
             args.mqtt_url,
             username=args.mqtt_username,
             password_file=args.mqtt_password_file,
@@ -144,3 +151,14 @@ def from_args(
         )
     finally:
         env.pop(PASSWORD_ENV, None)
+    return _with_discovery(config, args.mqtt_discovery)
+
+
+def _with_discovery(config: MqttConfig, prefix: str | None) -> MqttConfig:
+    """`config` publishing Home Assistant discovery under `prefix` (a topic, no wildcards)."""
+    if prefix is None:
+        return config
+    parts = [p for p in prefix.split("/") if p]
+    if not parts or any(c in prefix for c in "+#\0"):
+        raise ValueError(f"--mqtt-discovery: not a topic prefix: {prefix!r}")
+    return replace(config, discovery="/".join(parts))

@@ -5,6 +5,7 @@ connection.
     setpoint/<host>/services|domains|routes/<name>   retained state (see .projection)
     setpoint/<host>/alerts/<alertname>  alerts from mqtt sinks (QoS 1, adapters.alerts.sinks)
     setpoint/<host>/commands[/response] optional operator commands (see .commands)
+    homeassistant/...                   optional Home Assistant discovery (see .discovery)
 
 The broker may be down at start or go away at any time: the link reconnects with exponential
 backoff and the agent keeps reconciling. Retained state is republished on every connect (the
@@ -28,6 +29,7 @@ import aiomqtt
 from agent.adapters.edge import effect_action, publish_topic
 from agent.adapters.mqtt import commands as mqtt_commands
 from agent.adapters.mqtt.config import MqttConfig
+from agent.adapters.mqtt.discovery import Discovery
 from agent.adapters.mqtt.projection import Projection
 from agent.core.actions import TrackedAction
 from agent.core.inputs import Input, OperatorCommand
@@ -71,7 +73,10 @@ class MqttLink:
         self._wake = asyncio.Event()
         self._retained: dict[str, bytes] = {}
         self._dirty: dict[str, bytes] = {}
-        self._projection = Projection(self.prefix)
+        discovery = None
+        if config.discovery is not None:
+            discovery = Discovery(config.discovery, hostname, self.prefix)
+        self._projection = Projection(self.prefix, discovery)
         self._tls: ssl.SSLContext | None = None
         self.inflight = 0
         self.connects = 0

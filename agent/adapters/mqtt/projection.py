@@ -7,7 +7,8 @@
 `Projection.changes(state)` yields only topics whose payload changed since the last call; it
 skips a whole map when its identity is unchanged and each entry whose object is unchanged, so
 a batch that touches one service costs one comparison per service, not one JSON document each.
-A name that disappears yields an empty payload (which clears a retained message).
+A name that disappears yields an empty payload (which clears a retained message). With Home
+Assistant discovery on (.discovery), the services' discovery configs follow the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from agent.adapters.mqtt.discovery import Discovery
 from agent.core.state import DomainState, GroupState, ServiceState, State
 
 Render = Callable[[Any], bytes]
@@ -26,10 +28,12 @@ def _dump(doc: dict[str, Any]) -> bytes:
 
 
 def service_doc(svc: ServiceState) -> bytes:
-    """A service's retained payload."""
+    """A service's retained payload (with its phase, where the service declares phases)."""
+    phase = getattr(svc, "phase", "")
     return _dump({
         "lifecycle": svc.lifecycle, "active": svc.active, "sub": svc.sub, "health": svc.health,
         "reason": svc.reason, "since": svc.since, "maintenance": svc.maintenance,
+        **({"phase": phase} if phase else {}),
     })  # fmt: skip
 
 
@@ -76,14 +80,17 @@ class _Table:
 class Projection:
     """Turns successive committed states into retained-topic updates."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, discovery: Discovery | None = None) -> None:
+        self._discovery = discovery
         self._services = _Table(f"{prefix}/services", service_doc)
         self._domains = _Table(f"{prefix}/domains", domain_doc)
         self._routes = _Table(f"{prefix}/routes", route_doc)
 
     def changes(self, state: State) -> list[tuple[str, bytes]]:
         """(topic, payload) for every entry that changed since the previous call."""
+        found = list(self._discovery.changes(state.services)) if self._discovery else []
         return [
+            *found,
             *self._services.changes(state.services),
             *self._domains.changes(state.domains),
             *self._routes.changes(state.groups),
