@@ -264,7 +264,9 @@ class Daemon:
 
         def doc() -> dict[str, Any]:
             now = self.clock()
-            return {**status_dict(rt.state, now), "journal": health(rt.degraded, now),
+            logs = self.outputs.sinks.logs if self.outputs is not None else None
+            view = status_dict(rt.state, now, logs.get if logs is not None else None)
+            return {**view, "journal": health(rt.degraded, now),
                     "source": "agent"}  # fmt: skip
 
         return doc

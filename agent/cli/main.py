@@ -19,6 +19,7 @@ from typing import Any, Literal
 from agent import __version__
 from agent.adapters.cluster import bridge as cluster_options
 from agent.adapters.mqtt import config as mqtt_config
+from agent.adapters.systemd import unitlog
 from agent.adapters.systemd.bus import SystemdAdapter
 from agent.cli import explain
 from agent.core.actions import TrackedAction, is_tracked
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     run.add_argument("--log-format", choices=["auto", "text", "journald", "json"], default="auto")
     mqtt_config.add_arguments(run)
+    unitlog.add_arguments(run)
     cluster_options.add_arguments(run)
 
     val = sub.add_parser("validate", help="check goal files; exit 2 when invalid")
@@ -249,6 +251,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         mqtt = mqtt_config.from_args(args)
         cluster = cluster_options.from_args(args)
+        unit_logs = unitlog.from_args(args)
         token = _page_token(args.page_actions, args.page_token_file)
     except ValueError as err:
         print(f"setpoint run: {err}", file=sys.stderr)
@@ -265,6 +268,7 @@ def _run(args: argparse.Namespace) -> int:
         mqtt=mqtt,
         hostname=args.hostname,
         cluster=cluster,
+        unit_logs=unit_logs,
     )
     return asyncio.run(Daemon(opts).serve())
 

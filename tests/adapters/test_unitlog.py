@@ -114,7 +114,7 @@ async def test_ended_invocation_then_its_last_lines(fake: tuple[list[str], Path]
     assert find[:6] == ["--no-pager", "--quiet", "-o", "json", "-r", "-n"] and find[6] == "1"
     assert "UNIT=web.service" in find
     assert {a.removeprefix("MESSAGE_ID=") for a in find if "MESSAGE_ID=" in a} == set(ENDED)
-    assert lines[-1] == f"_SYSTEMD_INVOCATION_ID={INV}" and "20" in lines
+    assert lines[-1] == f"_SYSTEMD_INVOCATION_ID={INV}" and "21" in lines
 
 
 async def test_running_invocation_and_user_units(fake: tuple[list[str], Path]) -> None:

@@ -138,7 +138,7 @@ class UnitLogs:
     async def last_lines(self, unit: str, *, ended: bool) -> UnitLog:
         """The last lines of the invocation that ended last (`ended`) or is running."""
         invocation = await self.invocation(unit, ended=ended)
-        n = str(max(1, self.limits.lines))
+        n = str(max(1, self.limits.lines) + 1)  # one more: were any left out?
         found = await self._query("-n", n, "--output-fields=MESSAGE",
                                   f"_SYSTEMD_INVOCATION_ID={invocation}")  # fmt: skip
         messages = [text(e.get("MESSAGE")) for e in found]
