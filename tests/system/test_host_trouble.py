@@ -16,6 +16,7 @@ from tests.agentproc import AgentProcess, cli, free_port, journal_rows, status, 
 from tests.brokers import PostRecorder
 from tests.needs import unavailable
 from tests.sysmgr import SystemdUser
+from tests.system.test_notify import Listener
 from tests.system.test_systemd_agent import kill_and_await_restart
 
 pytestmark = pytest.mark.systemd
@@ -72,11 +73,13 @@ def test_supervision_goes_on_while_the_disk_is_full(
     mgr.daemon_reload()
     port = free_port()
     hook = PostRecorder(port)
+    notify = Listener(str(tmp_path / "notify"))
     with small_fs(tmp_path / "state") as state, contextlib.ExitStack() as cleanup:
         cleanup.callback(hook.close)
-        agent = cleanup.enter_context(
-            AgentProcess(goals(tmp_path, port), state, bus="user", env=mgr.env)
-        )
+        cleanup.callback(notify.close)
+        env = {**mgr.env, "NOTIFY_SOCKET": notify.address}
+        goal_file = goals(tmp_path, port)
+        agent = cleanup.enter_context(AgentProcess(goal_file, state, bus="user", env=env))
         agent.wait_started()
         mgr.wait_for(UNIT, "active", 10)
         broke = time.monotonic()
@@ -95,6 +98,8 @@ def test_supervision_goes_on_while_the_disk_is_full(
         assert live["services"]["trouble"]["restarts"] == 3
         text = cli("status", "--state-dir", str(state)).stdout
         assert text.startswith("JOURNAL DEGRADED for "), text
+        wait_until(lambda: any(line.startswith("STATUS=DEGRADED: journal cannot write")
+                               for line in notify.lines()), 10, "sd_notify STATUS")  # fmt: skip
         mended = time.monotonic()
         filler.unlink()
         wait_until(lambda: "journal writable again" in agent.output(), 15, "the journal back")
