@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 from agent.adapters.alerts.sinks import Sinks, alertmanager_body, rfc3339, sign
 from agent.adapters.mqtt import config as mqtt_config
 from agent.adapters.mqtt.commands import CommandPolicy, authorise, reply
+from agent.adapters.mqtt.discovery import Discovery
 from agent.adapters.mqtt.projection import Projection
 from agent.core.actions import Alert, Owner, RunEffect, SendAlert
 from agent.core.alerts import effect_alert
@@ -193,6 +194,8 @@ def test_mqtt_options(tmp_path: Path) -> None:
         (("--mqtt-url", "http://b"), "mqtt:// or mqtts://"),
         (("--mqtt-url", "mqtt://u:hunter2@b"), "no password in the MQTT URL"),
         (("--mqtt-commands",), "needs --mqtt-url"),
+        (("--mqtt-discovery",), "--mqtt-discovery needs --mqtt-url"),
+        (("--mqtt-url", "mqtt://b", "--mqtt-discovery", "ha/#"), "not a topic prefix"),
         (("--mqtt-url", "mqtt://b", "--mqtt-commands", "--mqtt-allow", "resync"),
          "requires broker authentication"),
         (("--mqtt-url", "mqtt://b", "--mqtt-username", "u", "--mqtt-password-file", str(pw),
@@ -204,6 +207,31 @@ def test_mqtt_options(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=message) as err:
             mqtt_config.from_args(args(*argv), {})
         assert "hunter2" not in str(err.value)
+    plain = mqtt_config.from_args(args("--mqtt-url", "mqtt://b"), {})
+    assert plain is not None and plain.discovery is None
+    ha = mqtt_config.from_args(args("--mqtt-url", "mqtt://b", "--mqtt-discovery"), {})
+    assert ha is not None and ha.discovery == "homeassistant"
+    own = mqtt_config.from_args(args("--mqtt-url", "mqtt://b", "--mqtt-discovery", "/ha/x/"), {})
+    assert own is not None and own.discovery == "ha/x"
+
+
+def test_discovery_configs_follow_the_services() -> None:
+    disc = Discovery("homeassistant", "h.example", "setpoint/h.example")
+    first = dict(disc.changes({"web": 1, "db.main": 2}))
+    assert set(first) == {
+        "homeassistant/binary_sensor/setpoint_h_example/web_running/config",
+        "homeassistant/sensor/setpoint_h_example/web_state/config",
+        "homeassistant/binary_sensor/setpoint_h_example/db_main_running/config",
+        "homeassistant/sensor/setpoint_h_example/db_main_state/config",
+    }
+    db = json.loads(first["homeassistant/sensor/setpoint_h_example/db_main_state/config"])
+    assert db["state_topic"] == "setpoint/h.example/services/db.main"
+    assert db["unique_id"] == "setpoint_h_example_db_main_state"
+    same = {"web": 1, "db.main": 3}
+    assert list(disc.changes(same)) == [] and list(disc.changes(same)) == []
+    gone = list(disc.changes({"web": 1}))
+    assert sorted(t for t, _ in gone) == sorted(disc.topics("db.main"))
+    assert all(p == b"" for _, p in gone)
 
 
 POLICY = CommandPolicy(frozenset({"maintenance_on", "resync"}), frozenset({"web"}))

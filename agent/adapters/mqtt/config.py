@@ -135,8 +135,10 @@ def from_args(
 ) -> MqttConfig | None:
     """The configuration `args` ask for (None without --mqtt-url); ValueError when unusable."""
     if args.mqtt_url is None:
-        if args.mqtt_commands or args.mqtt_discovery is not None:
-            raise ValueError("--mqtt-commands and --mqtt-discovery need --mqtt-url")
+        for flag, given in (("commands", args.mqtt_commands),
+                            ("discovery", args.mqtt_discovery is not None)):  # fmt: skip
+            if given:
+                raise ValueError(f"--mqtt-{flag} needs --mqtt-url")
         return None
     try:
         config = configure(
