@@ -36,6 +36,7 @@ class Builtin(StrEnum):
     SERVICE_THRASHING = "ServiceThrashing"
     RESTART_LIMIT_REACHED = "RestartLimitReached"
     SERVICE_UNHEALTHY = "ServiceUnhealthy"
+    SERVICE_PHASE_TOO_LONG = "ServicePhaseTooLong"
     UNIT_NOT_PERMITTED = "UnitNotPermitted"
     GOAL_BROKEN = "GoalBroken"
     GOALS_INVALID = "GoalsInvalid"
@@ -104,7 +105,7 @@ def _summary(
 
 _SERVICE_RULES = (
     "ServiceError", "ServiceStartingTooLong", "ServiceStoppingTooLong", "ServiceThrashing",
-    "RestartLimitReached", "ServiceUnhealthy", "UnitNotPermitted",
+    "RestartLimitReached", "ServiceUnhealthy", "UnitNotPermitted", "ServicePhaseTooLong",
 )  # fmt: skip
 
 

@@ -54,6 +54,8 @@ class ProbeResult:
     latency: float
     at: float
     detail: str = ""
+    result: str = ""
+    """The answer's JSON value as compact text (a JSON-RPC `result`, bounded), "" for none."""
 
 
 @dataclass(frozen=True)

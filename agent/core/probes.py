@@ -40,6 +40,7 @@ def apply(
         fail_streak=fail_streak,
         over_budget=result.ok and budget is not None and result.latency > budget,
         detail="" if result.ok else result.detail[:200],
+        result=result.result if result.ok else "",
         latency=round(result.latency, 4) if timed else old.latency,
     )
     if new != old:

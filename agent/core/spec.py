@@ -68,6 +68,18 @@ class ProbeSpec:
     argv: tuple[str, ...] = ()
     expect_exit: tuple[int, ...] = (0,)
     rpc_method: str = ""
+    rpc_params: str = "[]"
+    """The JSON-RPC call's `params`, as JSON text."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Seed 000's service-specific sub-state: named, held while `when` (CEL) is the first of
+    the service's phases to hold; `alert_after` (0: never) fires ServicePhaseTooLong."""
+
+    name: str
+    when: str
+    alert_after: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,8 @@ class ServiceSpec:
     """Dependencies (of `depends_on`) whose restart restarts this service once they run again."""
     stop_grace: float = 0.0
     """How long the agent's stop or restart may take before it kills the main process (0: off)."""
+    phases: tuple[Phase, ...] = ()
+    """Ordered sub-states within Starting and Running (see agent/core/phases.py)."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ class ProbeState:
     over_budget: bool = False
     latency: float = 0.0
     detail: str = ""
+    result: str = ""
+    """The last result's JSON value as text (a JSON-RPC `result`), "" when it carried none."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ class ServiceState:
     killed: bool = False
     """The agent killed the main process of this job's stop (its stop grace ran out)."""
     """The agent's restart in flight has seen the old processes go: it reads Starting now."""
+    phase: str = ""
+    """The declared phase it is in ("" none, or unknown when `phase_error` says why)."""
+    phase_since: float = 0.0
+    phase_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,8 @@ class Index:
     service_to_domains: Map[str, tuple[str, ...]] = field(default_factory=Map)
     probe_to_domains: Map[str, tuple[str, ...]] = field(default_factory=Map)
     dependants: Map[str, tuple[str, ...]] = field(default_factory=Map)
+    probe_to_phased: Map[str, tuple[str, ...]] = field(default_factory=Map)
+    """Probe -> the services whose phases read it."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import assert_never
 
 from immutables import Map
 
-from agent.core import alerts, cluster, domains, groups, probes, services
+from agent.core import alerts, cluster, domains, groups, phases, probes, services
 from agent.core.actions import Action, Resync, RunEffect, SendAlert, TrackedAction, UnitJob
 from agent.core.alerts import Builtin, fingerprint
 from agent.core.draft import Draft, evolve
@@ -102,6 +102,7 @@ def _unit_observed(draft: Draft, obs: UnitObserved) -> None:
 def _after_service_change(draft: Draft, name: str, old: ServiceState, now: float) -> None:
     """Reconcile the service, then whatever depends on or watches it."""
     services.reconcile(draft, name, now)
+    phases.update(draft, name, now)
     new = draft.services[name]
     if new.lifecycle != old.lifecycle:
         services.follow(draft, name, old, now)
@@ -124,6 +125,8 @@ def _probe_result(draft: Draft, res: ProbeResult) -> None:
     owners = draft.index.probe_to_services.get(res.probe, ())
     in_groups = draft.index.probe_to_groups.get(res.probe, ())
     changed = probes.apply(draft, res, spec, owners, timed=bool(in_groups))
+    for name in draft.index.probe_to_phased.get(res.probe, ()):
+        phases.update(draft, name, res.at)
     for group in in_groups:
         groups.evaluate(draft, group, res.at)
     if not changed:
@@ -142,8 +145,12 @@ def _tick(draft: Draft, now: float) -> None:
     for name in draft.services:
         services.escalate(draft, name, now)
         services.settle(draft, name, now)
+        before = draft.services[name].lifecycle
         services.reconcile(draft, name, now)
+        if draft.services[name].lifecycle != before:
+            phases.update(draft, name, now)
         alerts.service_rules(draft, name, draft.services[name], now)
+        phases.rule(draft, name, now)
     for name, dom in draft.domains.items():
         if not dom.satisfied:
             domains.evaluate_domain(draft, name, now)
@@ -222,7 +229,10 @@ def build_index(goals: GoalSet) -> Index:
         for probe in svc.probes:
             probe_owners.setdefault(probe, []).append(svc.name)
     dependants: dict[str, list[str]] = {}
+    phased: dict[str, list[str]] = {}
     for svc in goals.services:
+        for probe in phases.probes_read(svc):
+            phased.setdefault(probe, []).append(svc.name)
         for dep in svc.depends_on:
             dependants.setdefault(dep, []).append(svc.name)
     svc_doms: dict[str, list[str]] = {}
@@ -264,6 +274,7 @@ def build_index(goals: GoalSet) -> Index:
         service_to_domains=Map({k: tuple(v) for k, v in svc_doms.items()}),
         probe_to_domains=Map({k: tuple(v) for k, v in probe_doms.items()}),
         dependants=Map({k: tuple(v) for k, v in dependants.items()}),
+        probe_to_phased=Map({k: tuple(v) for k, v in phased.items()}),
     )
 
 
@@ -300,6 +311,7 @@ def _goals_loaded(draft: Draft, goals: GoalSet, at: float) -> None:
     draft.log("info", f"goals loaded: {len(goals.services)} services, {len(goals.domains)} domains")
     for name in draft.services:
         services.reconcile(draft, name, at)
+        phases.update(draft, name, at)
     for name in draft.domains:
         domains.evaluate_domain(draft, name, at)
     alerts.release_orphans(draft, at)
