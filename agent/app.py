@@ -285,6 +285,7 @@ class Daemon:
             live=live,
             latency=self.metrics.probes.last.get,
             journal=lambda: health(rt.degraded, self.clock()),
+            logs=self.outputs.sinks.logs.get if self.outputs and self.outputs.sinks.logs else None,
         )
 
     def _wire_lanes(self, rt: Runtime) -> None:

@@ -31,7 +31,7 @@ from agent.core.commands import parse
 from agent.core.inputs import Input, OperatorCommand
 from agent.core.state import State
 from agent.errors import JournalError
-from agent.interfaces.views import status_dict
+from agent.interfaces.views import UnitLogsOf, status_dict
 from agent.journal.reports import HistoryRow, local_iso, story
 
 log = logging.getLogger("setpoint.page")
@@ -59,6 +59,8 @@ class Page:
     """A probe's latest latency in seconds (Metrics.probes.last.get)."""
     journal: Callable[[], dict[str, object]] = lambda: {"degraded": False}
     """The journal's health (agent.runtime.degraded.health)."""
+    logs: UnitLogsOf | None = None
+    """The unit log lines a firing alert was sent with."""
 
 
 class Live:
@@ -187,7 +189,7 @@ def _refuse(status: int, why: str) -> web.Response:
 async def page_view(page: Page) -> dict[str, Any]:
     """Everything the page shows, JSON-ready."""
     state, now = page.state(), page.clock()
-    view = status_dict(state, now)
+    view = status_dict(state, now, page.logs)
     view["now"] = now
     view["time"] = local_iso(now)
     view["actions"] = bool(page.token)
