@@ -8,6 +8,10 @@ not fire on the same millisecond. A bound on concurrency protects the host. A pr
 failure (bad URL, refused, DNS, timeout) is a result, never a crash. HTTP connections are kept
 alive between rounds: a dead server still fails its probe (reset or refused on reconnect),
 and a thousand probes a second cost a fifth of a core instead of a third.
+
+A JSON-RPC probe is ok when a `result` came back; that result goes with the ProbeResult as
+compact JSON text for service phases to read, unless it is larger than MAX_RESULT characters
+or nested deeper than MAX_DEPTH (then it goes as none, null to the phases).
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ from agent.core.inputs import Input, ProbeResult
 from agent.core.spec import ProbeSpec
 
 Outcome = tuple[bool, str]
+Answer = tuple[bool, str, str]
+"""ok, detail, and the result's JSON text ("" for none)."""
+MAX_RESULT = 65_536
+MAX_DEPTH = 16
 
 
 class Prober:
@@ -101,9 +109,9 @@ class Prober:
         try:
             async with self._limit:
                 started = time.perf_counter()
-                ok, detail = await check(spec, session)
+                ok, detail, result = await answer(spec, session)
                 latency = time.perf_counter() - started
-            self._submit(ProbeResult(spec.name, ok, latency, self._clock(), detail))
+            self._submit(ProbeResult(spec.name, ok, latency, self._clock(), detail, result))
         finally:
             self._running.discard(spec.name)
 
@@ -122,21 +130,27 @@ def _next_due(due: float, interval: float, now: float) -> float:
 
 
 async def check(spec: ProbeSpec, session: aiohttp.ClientSession | None = None) -> Outcome:
+    """Run one probe within its timeout: (ok, detail)."""
+    ok, detail, _ = await answer(spec, session)
+    return ok, detail
+
+
+async def answer(spec: ProbeSpec, session: aiohttp.ClientSession | None = None) -> Answer:
     """Run one probe within its timeout; every failure is reported, none raised."""
     try:
         async with asyncio.timeout(spec.timeout):
             if spec.kind == "tcp":
-                return await _tcp(spec)
+                return (*await _tcp(spec), "")
             if spec.kind == "exec":
-                return await _exec(spec)
+                return (*await _exec(spec), "")
             if session is None:
                 async with aiohttp.ClientSession() as own:
                     return await _http(spec, own)
             return await _http(spec, session)
     except TimeoutError:
-        return False, f"timed out after {spec.timeout:g}s"
-    except (OSError, aiohttp.ClientError, ValueError) as err:
-        return False, f"{type(err).__name__}: {err}"[:300]
+        return False, f"timed out after {spec.timeout:g}s", ""
+    except (OSError, aiohttp.ClientError, ValueError, RecursionError) as err:
+        return False, f"{type(err).__name__}: {err}"[:300], ""
 
 
 async def _tcp(spec: ProbeSpec) -> Outcome:
@@ -168,21 +182,22 @@ async def _exec(spec: ProbeSpec) -> Outcome:
     return False, f"exit {proc.returncode}: {text}"
 
 
-async def _http(spec: ProbeSpec, session: aiohttp.ClientSession) -> Outcome:
+async def _http(spec: ProbeSpec, session: aiohttp.ClientSession) -> Answer:
     headers = dict(spec.headers)
     kwargs: dict[str, Any] = {"headers": headers, "ssl": None if spec.tls_verify else False}
     method = spec.method
     if spec.kind == "jsonrpc":
         method = "POST"
-        payload = {"jsonrpc": "2.0", "id": 1, "method": spec.rpc_method, "params": []}
+        params = json.loads(spec.rpc_params)
+        payload = {"jsonrpc": "2.0", "id": 1, "method": spec.rpc_method, "params": params}
         kwargs["json"] = payload
     async with session.request(method, spec.url, allow_redirects=False, **kwargs) as resp:
         body = await resp.content.read(1 << 20)
     if spec.kind == "http" and resp.status not in spec.expect_status:
-        return False, f"HTTP {resp.status}"
+        return False, f"HTTP {resp.status}", ""
     if spec.kind == "jsonrpc":
         return _jsonrpc_verdict(resp.status, body, spec)
-    return _body_verdict(body, spec)
+    return (*_body_verdict(body, spec), "")
 
 
 def _body_verdict(body: bytes, spec: ProbeSpec) -> Outcome:
@@ -193,14 +208,36 @@ def _body_verdict(body: bytes, spec: ProbeSpec) -> Outcome:
     return True, ""
 
 
-def _jsonrpc_verdict(status: int, body: bytes, spec: ProbeSpec) -> Outcome:
+def _jsonrpc_verdict(status: int, body: bytes, spec: ProbeSpec) -> Answer:
     if status != 200:
-        return False, f"HTTP {status}"
+        return False, f"HTTP {status}", ""
     reply = json.loads(body)
     if not isinstance(reply, dict) or "error" in reply or "result" not in reply:
         error = reply.get("error") if isinstance(reply, dict) else reply
-        return False, f"JSON-RPC error: {str(error)[:200]}"
-    return _field_verdict(reply["result"], spec) if spec.json_field else (True, "")
+        return False, f"JSON-RPC error: {str(error)[:200]}", ""
+    result = reply["result"]
+    ok, detail = _field_verdict(result, spec) if spec.json_field else (True, "")
+    return ok, detail, bounded(result)
+
+
+def bounded(value: object) -> str:
+    """The value as compact JSON text, or "" when larger than MAX_RESULT or deeper than
+    MAX_DEPTH (a node's whole block is not a phase's business)."""
+    if _depth(value, MAX_DEPTH) > MAX_DEPTH:
+        return ""
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN or Infinity: not JSON, not for CEL
+        return ""
+    return text if len(text) <= MAX_RESULT else ""
+
+
+def _depth(value: object, limit: int) -> int:
+    """How deep lists and objects nest (a scalar is 0), counting no further than limit + 1."""
+    if not isinstance(value, dict | list) or limit < 0:
+        return 0 if not isinstance(value, dict | list) else 1
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(c, limit - 1) for c in children), default=0)
 
 
 def _field_verdict(doc: object, spec: ProbeSpec) -> Outcome:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
-from agent.adapters.probes import Prober, check
+from agent.adapters.probes import MAX_DEPTH, MAX_RESULT, Prober, answer, check
 from agent.core.inputs import Input, ProbeResult
 from agent.core.spec import ProbeSpec
 from tests.agentproc import wait_until_async
@@ -29,6 +29,7 @@ class Backend:
     hits: int = 0
     rpc: dict[str, object] = field(default_factory=lambda: {"result": {"status": "healthy"}})
     url: str = ""
+    calls: list[dict[str, object]] = field(default_factory=list)
 
     async def health(self, request: web.Request) -> web.Response:
         self.hits += 1
@@ -37,6 +38,9 @@ class Backend:
 
     async def jsonrpc(self, request: web.Request) -> web.Response:
         call = await request.json()
+        self.calls.append(call)
+        if "raw" in self.rpc:
+            return web.Response(text=str(self.rpc["raw"]), content_type="application/json")
         return web.json_response({"jsonrpc": "2.0", "id": call["id"], **self.rpc})
 
 
@@ -131,6 +135,28 @@ async def test_jsonrpc_get_health(backend: Backend) -> None:
     backend.rpc = {"error": {"code": -32000, "message": "node is behind"}}
     ok, detail = await check(spec)
     assert not ok and "node is behind" in detail
+
+
+async def test_jsonrpc_result_goes_with_the_answer_bounded(backend: Backend) -> None:
+    url = backend.url + "/rpc"
+    spec = ProbeSpec("r", "jsonrpc", url=url, rpc_method="eth_getBalance", rpc_params='["0xab", 1]')
+    backend.rpc = {"result": {"currentBlock": "0x1", "peers": [1, None]}}
+    assert await answer(spec) == (True, "", '{"currentBlock":"0x1","peers":[1,null]}')
+    assert backend.calls[-1] == {"jsonrpc": "2.0", "id": 1, "method": "eth_getBalance",
+                                 "params": ["0xab", 1]}  # fmt: skip
+    backend.rpc = {"result": False}
+    assert await answer(spec) == (True, "", "false")
+    deep: object = 1
+    for _ in range(MAX_DEPTH + 1):
+        deep = [deep]
+    for result in (deep, "x" * MAX_RESULT):  # answered, but not kept for the phases
+        backend.rpc = {"result": result}
+        assert await answer(spec) == (True, "", "")
+    backend.rpc = {"raw": '{"result": ' + "[" * 100_000 + "]" * 100_000 + "}"}
+    ok, detail, result = await answer(spec)  # too deep for the parser: a failure, not a crash
+    assert (ok, result) == (False, "") and "RecursionError" in detail
+    backend.rpc = {"error": {"code": -32601, "message": "no such method"}}
+    assert (await answer(spec))[::2] == (False, "")
 
 
 async def test_scheduler_keeps_its_grid_and_a_slow_probe_delays_no_other(
