@@ -16,6 +16,7 @@ from agent.core.spec import (
     FailoverGroup,
     GoalSet,
     Member,
+    Phase,
     ProbeSpec,
     RestartPolicy,
     Scalar,
@@ -89,6 +90,9 @@ def service(name: str, m: ServiceModel) -> ServiceSpec:
         depends_on=tuple(m.dependencies),
         restart_with=tuple(m.restart_with),
         alerts=alerts,
+        phases=tuple(
+            Phase(n, p.when, **given(alert_after=p.alert_after)) for n, p in m.phases.items()
+        ),
         **given(desired=m.desired, on_unhealthy=m.on_unhealthy, stop_grace=m.stop_grace),
     )
 
@@ -124,7 +128,8 @@ def probe(name: str, m: ProbeModel) -> ProbeSpec:
         return ProbeSpec(name=name, kind="exec", **timing, **check)
     assert m.jsonrpc is not None  # the model guarantees exactly one kind
     rpc = m.jsonrpc
-    check = given(url=rpc.url, rpc_method=rpc.method, tls_verify=rpc.tls_verify)
+    params = json.dumps(rpc.params, separators=(",", ":")) if rpc.params else None
+    check = given(url=rpc.url, rpc_method=rpc.method, rpc_params=params, tls_verify=rpc.tls_verify)
     return ProbeSpec(name=name, kind="jsonrpc", **timing, **check)
 
 

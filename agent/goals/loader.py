@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from agent.core.spec import GoalSet
 from agent.errors import ConfigError, Problem
-from agent.goals import checks, expressions
+from agent.goals import checks, expressions, phases
 from agent.goals.build import build
 from agent.goals.merged import duplicate_keys, merge
 from agent.goals.model import API_VERSION, MAX_ITEMS, GoalFile
@@ -56,6 +56,7 @@ def load_goals(
         checks.references(merged),
         checks.cycles(merged.services),
         expressions.check_domains(merged),
+        phases.check_phases(merged),
         () if broker else checks.broker_needed(merged),
     )
     problems = capped(later)

@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     StringConstraints,
     WithJsonSchema,
     model_validator,
@@ -127,6 +128,13 @@ class DependencyModel(Strict):
     restart: bool = False
 
 
+class PhaseModel(Strict):
+    """A phase of a service (seed 000): a CEL condition; `alert_after` fires ServicePhaseTooLong."""
+
+    when: Expression
+    alert_after: Duration | None = None
+
+
 class ServiceModel(Strict):
     """A systemd unit under management."""
 
@@ -138,6 +146,7 @@ class ServiceModel(Strict):
     depends_on: list[Name | DependencyModel] = []
     alerts: AlertsModel | None = None
     stop_grace: Duration | None = None
+    phases: Annotated[dict[Name, PhaseModel], Field(max_length=100)] = {}
 
     @property
     def dependencies(self) -> list[str]:
@@ -182,6 +191,7 @@ class JsonRpcCheck(Strict):
 
     url: Url
     method: Annotated[str, StringConstraints(min_length=1)]
+    params: Annotated[list[JsonValue], Field(max_length=100)] = []
     tls_verify: bool | None = None
 
 

@@ -401,9 +401,9 @@ def test_problems_are_capped_at_one_hundred() -> None:
     assert len(found) == 101
     assert found[:2] == [
         "g.yaml:5:5: unknown key 'k0'; expected one of: unit, desired, probes, on_unhealthy, "
-        "restart, depends_on, alerts, stop_grace",
+        "restart, depends_on, alerts, stop_grace, phases",
         "g.yaml:6:5: unknown key 'k1'; expected one of: unit, desired, probes, on_unhealthy, "
-        "restart, depends_on, alerts, stop_grace",
+        "restart, depends_on, alerts, stop_grace, phases",
     ]
     assert found[-1] == "g.yaml:105:5: too many problems; stopped after 100"
 
@@ -439,7 +439,7 @@ def test_unknown_keys_get_a_hint_and_missing_fields_are_named() -> None:
         (
             "services: {web: {unit: a.service, colour: red}}",
             "2:35: unknown key 'colour'; expected one of: unit, desired, probes, on_unhealthy, "
-            "restart, depends_on, alerts, stop_grace",
+            "restart, depends_on, alerts, stop_grace, phases",
         ),
         (
             "services: {web: {unit: a.service, probes: web-health}}",
