@@ -72,6 +72,7 @@ def render_state(state: State, now: float) -> list[str]:
         f'setpoint_service_gave_up{{service="{label}"}} {"1.0" if svc.gave_up else "0.0"}'
         for _name, label, svc in names
     )
+    _phases(out, state, now)
     _family(out, "setpoint_probe_healthy", "gauge", "1 healthy, 0 unhealthy, -1 not yet known")
     for name, probe in state.probes.items():
         value = "-1.0" if probe.healthy is None else ("1.0" if probe.healthy else "0.0")
@@ -96,6 +97,26 @@ def render_state(state: State, now: float) -> list[str]:
     _family(out, "setpoint_maintenance", "gauge", "1 while in maintenance mode")
     out.append(f"setpoint_maintenance {'1.0' if state.maintenance else '0.0'}")
     return out
+
+
+def _phases(out: list[str], state: State, now: float) -> None:
+    """Seed 000's phases: 1 for the one a service is in, 0 for its other declared ones."""
+    phased = [(s.name, s.phases) for s in state.goals.services if s.phases]
+    _family(out, "setpoint_service_phase", "gauge", "1 for the declared phase the service is in")
+    for name, phases in phased:
+        svc = state.services.get(name)
+        current = svc.phase if svc is not None else ""
+        out.extend(
+            f'setpoint_service_phase{{service="{_label(name)}",phase="{_label(p.name)}"}} '
+            + ("1.0" if p.name == current else "0.0")
+            for p in phases
+        )
+    _family(out, "setpoint_service_phase_seconds", "gauge", "Time in the current phase")
+    for name, _ in phased:
+        svc = state.services.get(name)
+        if svc is not None and svc.phase:
+            held = max(0.0, now - svc.phase_since)
+            out.append(f'setpoint_service_phase_seconds{{service="{_label(name)}"}} {held!r}')
 
 
 class ProbeSeries:

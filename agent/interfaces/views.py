@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.core.actions import Action, RunEffect, SendAlert, TrackedAction, UnitJob
-from agent.core.state import AlertState, State
+from agent.core.state import AlertState, ServiceState, State
 
 
 def describe(action: Action) -> str:
@@ -53,6 +53,7 @@ def status_dict(state: State, now: float, logs: UnitLogsOf | None = None) -> dic
                 "gave_up": svc.gave_up,
                 "maintenance": svc.maintenance,
                 "job": svc.job,
+                **_phase(svc, now),
             }
             for name, svc in sorted(state.services.items())
         },
@@ -84,6 +85,12 @@ def status_dict(state: State, now: float, logs: UnitLogsOf | None = None) -> dic
     }
 
 
+def _phase(svc: ServiceState, now: float) -> dict[str, Any]:
+    """Seed 000's phase within the lifecycle: null when none holds (or unknown, with why)."""
+    held = round(max(0.0, now - svc.phase_since), 3) if svc.phase else None
+    return {"phase": svc.phase or None, "phase_for_seconds": held, "phase_error": svc.phase_error}
+
+
 def _logs(logs: UnitLogsOf | None, held: AlertState) -> dict[str, Any]:
     found = logs(held.alert.fingerprint) if logs is not None else None
     return {"logs": found} if found is not None else {}
@@ -108,6 +115,7 @@ def status_text(doc: dict[str, Any]) -> str:
         active = f"{svc['active']}/{svc['sub']}" if svc["sub"] else svc["active"]
         flag = " (maintenance)" if svc["maintenance"] else ""
         reason = f"  {svc['reason']}" if svc["reason"] else ""
+        reason += _phase_text(svc)
         lines.append(
             f"{name:<24} {svc['lifecycle']:<11} {_age(svc['for_seconds']):>8} {active:<20} "
             f"{svc['health']:<9} {svc['restarts']}{flag}{reason}"
@@ -136,6 +144,13 @@ def status_text(doc: dict[str, Any]) -> str:
     lines.append(f"pending actions: {len(doc['pending'])}")
     lines.extend(f"  {p}" for p in doc["pending"])
     return "\n".join(lines)
+
+
+def _phase_text(svc: dict[str, Any]) -> str:
+    """`  phase Syncing for 3.0m`, or why it is unknown; nothing for a service without."""
+    if svc.get("phase"):
+        return f"  phase {svc['phase']} for {_age(svc['phase_for_seconds'])}"
+    return f"  phase unknown: {svc['phase_error']}" if svc.get("phase_error") else ""
 
 
 def _age(seconds: float) -> str:

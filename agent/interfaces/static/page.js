@@ -54,6 +54,18 @@ async function send(command, service) {
     : `refused (${resp.status}): ${reply.error || resp.statusText}`;
 }
 
+// The lifecycle, and beside it the service's phase (seed 000), e.g. "Running · Syncing 3m 2s".
+function lifecycle(s) {
+  const cell = el("span");
+  cell.append(el("span", s.lifecycle, s.lifecycle));
+  if (s.phase) cell.append(" · ", el("span", `${s.phase} ${age(s.phase_for_seconds)}`, "phase"));
+  else if (s.phase_error) {
+    cell.append(" · ", el("span", "phase unknown", "phase"));
+    cell.title = s.phase_error;
+  }
+  return cell;
+}
+
 function services(v) {
   const body = $("services").querySelector("tbody");
   body.replaceChildren();
@@ -66,11 +78,12 @@ function services(v) {
                                      : actionButton("maintenance on", "maintenance_on", name));
       acts.appendChild(actionButton("reset", "reset", name));
     }
-    const tr = row([name, el("span", s.lifecycle, s.lifecycle), el("span", "", "age"),
+    const tr = row([name, lifecycle(s), el("span", "", "age"),
       s.sub ? `${s.active}/${s.sub}` : s.active, el("span", s.health, s.health),
       probes.join(", ") || "–", String(s.restarts), note, acts]);
     tr.id = `service-${name}`;
     tr.dataset.lifecycle = s.lifecycle;
+    tr.dataset.phase = s.phase || "";
     tr.dataset.restarts = String(s.restarts);
     tr.dataset.for = String(s.for_seconds);
     body.appendChild(tr);
