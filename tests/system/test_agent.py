@@ -13,7 +13,7 @@ import pytest
 
 from agent.core.actions import TrackedAction
 from agent.core.commands import parse
-from agent.core.inputs import GoalsLoaded, Tick
+from agent.core.inputs import GoalsLoaded, OperatorCommand, Tick
 from agent.core.spec import DomainSpec, Effect, GoalSet, StateVar, Transition
 from agent.core.state import State
 from agent.errors import TransientError
@@ -71,11 +71,12 @@ async def test_inputs_arriving_together_share_one_commit(tmp_path: Path) -> None
     rt = Runtime(journal, State())
     rt.submit(GoalsLoaded(fan_out_goals(1), 0.0))
     for i in range(300):
-        rt.submit(Tick(float(i)))  # no-ops: not journaled
+        rt.submit(OperatorCommand("maintenance_off" if i % 2 else "maintenance_on", float(i)))
+        rt.submit(Tick(float(i)))  # only the newest tick of a batch is stepped
     rt.stop()
     await rt.run()
     await journal.close()
-    assert rt.stats.inputs == 301 and rt.stats.batches == 1 and rt.stats.journaled == 1
+    assert (rt.stats.inputs, rt.stats.batches, rt.stats.journaled) == (302, 1, 301)
 
 
 def write(path: Path, text: str) -> Path:
