@@ -36,7 +36,7 @@ GOALS = f"""apiVersion: setpoint/v1
 services:
   agent-managed:
     unit: {AGENT_UNIT}
-    restart: {{backoff: 0s, limit: 1000000, window: 1s}}
+    restart: {{backoff: 0s, limit: 10000, window: 1s}}
   systemd-managed: {{unit: {FLOOR_UNIT}, desired: unmanaged}}
 """
 
@@ -75,6 +75,8 @@ async def reaction(mgr: SystemdUser, work: Path) -> dict[str, float]:
     probe = Probe()
     task = asyncio.create_task(daemon.serve())
     while daemon.runtime is None or daemon.systemd is None:  # noqa: ASYNC110 - nothing to await
+        if task.done():  # it failed to start (bad goals...): say why instead of waiting forever
+            await task
         await asyncio.sleep(0.01)
     rt, adapter = daemon.runtime, daemon.systemd
     rt.tap = probe.tap
