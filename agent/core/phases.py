@@ -94,10 +94,11 @@ def rule(draft: Draft, name: str, now: float) -> None:
     svc = draft.services[name]
     spec = draft.service_spec(name)
     limit = next((p.alert_after for p in spec.phases if p.name == svc.phase), 0.0)
-    key = fingerprint(Builtin.SERVICE_PHASE_TOO_LONG, name)
+    rule_name = Builtin.SERVICE_PHASE_TOO_LONG.value  # plain text: journaled as is
+    key = fingerprint(rule_name, name)
     if not limit and key not in draft.alerts:
         return
     held = now - svc.phase_since
     active = bool(limit) and svc.phase != "" and held >= limit
     summary = f"{name} in phase {svc.phase} ({svc.lifecycle}) for {held:.0f}s, over {limit:g}s"
-    set_alert(draft, Builtin.SERVICE_PHASE_TOO_LONG, name, active, "warning", summary, now)
+    set_alert(draft, rule_name, name, active, "warning", summary, now)

@@ -113,6 +113,7 @@ def test_a_phase_held_too_long_alerts_with_the_phase_then_resolves() -> None:
     answer(h, "sync", True, 100.0)
     assert sends(h, Tick(1899.0)) == []
     fired = sends(h, Tick(1900.0))
+    assert decode(encode(h.state)) == h.state and encode(tuple(h.emitted))  # all journaled
     summary = "besu in phase Syncing (Running) for 1800s, over 1800s"
     assert fired == [("ServicePhaseTooLong", True, summary)]
     for action in list(h.state.pending.values()):
