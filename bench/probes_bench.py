@@ -67,7 +67,7 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
 async def run_daemon(goals: Path, work: Path) -> tuple[Daemon, asyncio.Task[int]]:
     daemon = Daemon(Options(goals=(goals,), state_dir=work / "state", bus="none", http_port=0))
     task = asyncio.create_task(daemon.serve())
-    while daemon.runtime is None or daemon.prober is None:  # noqa: ASYNC110 - nothing to await
+    while daemon.runtime is None or daemon.prober is None:
         if task.done():  # it failed to start: say why instead of waiting forever
             await task
         await asyncio.sleep(0.01)
