@@ -12,6 +12,9 @@ BENCHES = [
     "bench.probes_bench",
     "bench.observability_bench",
     "bench.ha_bench",
+    "bench.peers.checks_bench",
+    "bench.memory_bench",
+    "bench.flapping_bench",
 ]
 
 

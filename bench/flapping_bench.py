@@ -1,0 +1,153 @@
+"""CPU per probe result that changes health (and so is journaled), and where it goes.
+
+50 HTTP probes at 100 ms with failures: 1 against paths that answer 200 and 503 in turn: every
+result flips its probe's health, is stepped and journaled (about 500 results/s; goal <= 150 µs
+of CPU per result above what a result that changes nothing costs). The same 50 probes against
+paths that always answer 200 are the baseline; the difference is the cost of a health change
+(step, journal commit with its fsync, metrics). Then one more flapping run under cProfile
+(main thread, CPU time) prints the functions that take the time; log lines are
+formatted and written to /dev/null; and /proc splits the CPU by thread
+(the event loop versus SQLite's worker thread). The agent runs in-process (bus none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import io
+import logging
+import os
+import pstats
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from agent.app import Daemon, Options
+from agent.core.inputs import Input, ProbeResult
+from bench.peers.checks_bench import target_server
+
+PROBES = 50
+WINDOW = float(os.environ.get("SETPOINT_BENCH_FLAP_WINDOW", "10"))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def goals(port: int, kind: str) -> str:
+    return "apiVersion: setpoint/v1\nprobes:\n" + "".join(
+        f"  p{i}: {{http: {{url: 'http://127.0.0.1:{port}/{kind}/{i}'}}, interval: 100ms, "
+        f"failures: 1}}\n"
+        for i in range(PROBES)
+    )
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread of this process, by thread name (from /proc)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    found: dict[str, float] = {}
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        with open(task / "stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        name = names.get(int(task.name), "other")
+        name = "event loop" if name == "MainThread" else name.split("-")[0]
+        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return found
+
+
+def prepare(work: Path, text: str) -> Path:
+    work.mkdir()
+    (work / "goals.yaml").write_text(text)
+    return work
+
+
+async def run(work: Path, profile: cProfile.Profile | None) -> dict[str, float]:
+    daemon = Daemon(Options(goals=(work / "goals.yaml",), state_dir=work / "state", bus="none",
+                            http_port=0))  # fmt: skip
+    task = asyncio.create_task(daemon.serve())
+    while daemon.runtime is None:
+        if task.done():
+            await task
+        await asyncio.sleep(0.01)
+    results = [0]
+
+    def tap(inp: Input) -> None:
+        if isinstance(inp, ProbeResult):
+            results[0] += 1
+
+    daemon.runtime.tap = tap
+    await asyncio.sleep(2)
+    before, cpu0, count0 = thread_cpu(), time.process_time(), results[0]
+    if profile is not None:
+        profile.enable()
+    await asyncio.sleep(WINDOW)
+    if profile is not None:
+        profile.disable()
+    after, cpu, count = thread_cpu(), time.process_time() - cpu0, results[0] - count0
+    daemon.request_stop()
+    await task
+    split = {name: after[name] - before.get(name, 0.0) for name in after}
+    return {"per_result_us": cpu / count * 1e6, "rate": count / WINDOW, **split}
+
+
+PHASES = {
+    "journal rows (encode input, actions)": ("store.py", "_rows"),
+    "state digest per commit": ("codec.py", "digest"),
+    "step": ("step.py", "step"),
+    "log lines": ("__init__.py", "_log"),
+    "probe HTTP round trip": ("probes.py", "_probe"),
+}
+
+
+def phases(profile: cProfile.Profile, per_result_us: float) -> str:
+    """Each phase's share of the profiled loop time, as µs of one result's measured CPU."""
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    total = max(ct for (_, _, _, ct, _) in stats.values())
+    found = []
+    for label, (file, func) in PHASES.items():
+        ct = sum(v[3] for (f, _, name), v in stats.items() if f.endswith(file) and name == func)
+        found.append(f"{label} {ct / total * per_result_us:.0f} µs")
+    return ", ".join(found)
+
+
+def top(profile: cProfile.Profile, key: str, lines: int) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out).strip_dirs().sort_stats(key)
+    stats.print_stats(lines)
+    body = out.getvalue().split("filename:lineno(function)", 1)[-1]
+    return "\n".join("    " + line for line in body.strip().splitlines())
+
+
+def main() -> None:
+    with open(os.devnull, "w") as null:
+        logging.basicConfig(stream=null, level=logging.INFO, force=True)  # formatted, not shown
+        measure()
+
+
+def measure() -> None:
+    with target_server() as port, tempfile.TemporaryDirectory() as tmp:
+        steady = asyncio.run(run(prepare(Path(tmp) / "steady", goals(port, "steady")), None))
+        flapping = asyncio.run(run(prepare(Path(tmp) / "flap", goals(port, "flap")), None))
+        profile = cProfile.Profile(time.thread_time)  # CPU, not wall time (preemption)
+        profiled = asyncio.run(run(prepare(Path(tmp) / "profiled", goals(port, "flap")), profile))
+    cost = flapping["per_result_us"] - steady["per_result_us"]
+    print(
+        f"flapping: {PROBES} probes at 100 ms, every result a health change: "
+        f"{flapping['per_result_us']:.0f} µs CPU per result at {flapping['rate']:.0f}/s; "
+        f"steady (no change): {steady['per_result_us']:.0f} µs at {steady['rate']:.0f}/s; "
+        f"a journaled health change costs {cost:.0f} µs more (goal <= 150 µs per result)"
+    )
+    threads = ", ".join(
+        f"{name} {sec / WINDOW * 100:.1f}%"
+        for name, sec in flapping.items()
+        if name not in ("per_result_us", "rate") and sec > 0
+    )
+    print(f"  flapping CPU by thread (% of a core): {threads}")
+    loop_us = flapping["event loop"] / WINDOW / flapping["rate"] * 1e6
+    print(f"  of one result's event-loop CPU ({loop_us:.0f} µs): {phases(profile, loop_us)}")
+    print(f"  where the event loop's time goes (cProfile, {profiled['rate']:.0f} results/s):")
+    print(top(profile, "tottime", 18))
+    print("  by cumulative time:")
+    print(top(profile, "cumulative", 30))
+
+
+if __name__ == "__main__":
+    main()
