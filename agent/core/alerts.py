@@ -109,6 +109,11 @@ _SERVICE_RULES = (
 )  # fmt: skip
 
 
+def any_for(draft: Draft, subject: str) -> bool:
+    """Whether a built-in service alert about `subject` is held (firing or being resolved)."""
+    return _any_for(draft, subject)
+
+
 def _any_for(draft: Draft, subject: str) -> bool:
     return bool(draft.alerts) and any(
         fingerprint(r, subject) in draft.alerts for r in _SERVICE_RULES

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from immutables import Map
+
 from agent.core.actions import Action, Log, LogLevel, TrackedAction
 from agent.core.spec import DomainSpec, ProbeSpec, ServiceSpec
 from agent.core.state import DomainState, ProbeState, ServiceState, State
@@ -19,6 +21,7 @@ class Draft:
         self.base = state
         self.index = state.index
         self.services = state.services
+        self.busy = state.busy
         self.probes = state.probes
         self.domains = state.domains
         self.pending = state.pending
@@ -64,6 +67,13 @@ class Draft:
 
     def set_service(self, name: str, svc: ServiceState) -> None:
         self.services = self.services.set(name, svc)
+        if name not in self.busy:
+            self.busy = self.busy.set(name, True)
+
+    def wake_all(self) -> None:
+        """Every service is busy again: the next Tick visits each (see due.py)."""
+        if any(name not in self.busy for name in self.services):
+            self.busy = Map((name, True) for name in self.services)
 
     def set_probe(self, name: str, probe: ProbeState) -> None:
         self.probes = self.probes.set(name, probe)
@@ -76,6 +86,7 @@ class Draft:
         base = self.base
         if (
             self.services is base.services
+            and self.busy is base.busy
             and self.probes is base.probes
             and self.domains is base.domains
             and self.pending is base.pending
@@ -94,6 +105,7 @@ class Draft:
             goals=self.goals,
             index=self.index,
             services=self.services,
+            busy=self.busy,
             probes=self.probes,
             domains=self.domains,
             pending=self.pending,
@@ -105,6 +117,15 @@ class Draft:
             manager_started=self.manager_started,
             stopping=self.stopping,
         )
+
+
+def unchanged(old: State, new: State) -> bool:
+    """True when `new` is `old` but for `busy`, which is derived (see due.py): nothing to
+    journal. A replay that keeps a service busy longer reaches the same states."""
+    if new is old:
+        return True
+    mine = new.__dict__
+    return all(mine[key] is value for key, value in old.__dict__.items() if key != "busy")
 
 
 def evolve(obj: T, **changes: object) -> T:

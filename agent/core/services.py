@@ -179,6 +179,9 @@ def _wants_job(spec: ServiceSpec, svc: ServiceState) -> str | None:
     return None
 
 
+wanted_job = _wants_job
+
+
 def _deps_running(draft: Draft, spec: ServiceSpec) -> bool:
     return all(
         dep in draft.services and draft.services[dep].lifecycle == "Running"

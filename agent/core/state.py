@@ -186,6 +186,9 @@ class State:
     goals: GoalSet = field(default_factory=GoalSet)
     index: Index = field(default_factory=Index, metadata={"derived": True})
     """Derived from `goals` (build_index): never stored, rebuilt when a state is decoded."""
+    busy: Map[str, bool] = field(default_factory=Map, metadata={"derived": True}, compare=False)
+    """Services a Tick must visit (see due.py): those not known to be idle. Never stored; a
+    decoded state has every service in it."""
     services: Map[str, ServiceState] = field(default_factory=Map)
     probes: Map[str, ProbeState] = field(default_factory=Map)
     domains: Map[str, DomainState] = field(default_factory=Map)

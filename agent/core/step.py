@@ -13,7 +13,7 @@ from typing import assert_never
 
 from immutables import Map
 
-from agent.core import alerts, cluster, domains, groups, phases, probes, services
+from agent.core import alerts, cluster, domains, due, groups, phases, probes, services
 from agent.core.actions import Action, Resync, RunEffect, SendAlert, TrackedAction, UnitJob
 from agent.core.alerts import Builtin, fingerprint
 from agent.core.draft import Draft, evolve
@@ -34,6 +34,9 @@ from agent.core.inputs import (
 )
 from agent.core.spec import GoalSet
 from agent.core.state import DomainState, Index, ProbeState, ServiceState, State
+
+ROUTINE = (UnitObserved, ProbeResult, Tick, ActionCompleted, JournalGap)
+"""Inputs that touch only the services they name (or none): they wake no other."""
 
 
 def step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
@@ -67,6 +70,8 @@ def step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
             alerts.set_alert(draft, "GoalsInvalid", "goals", True, "warning", summary, inp.at)
         case JournalGap():
             pass  # the journal replaces the state at a gap by the snapshot stored with it
+    if not isinstance(inp, ROUTINE):
+        draft.wake_all()  # goals, commands, the manager, the cluster: every service may move
     if isinstance(inp, Tick):  # reminders and retries fall due with time
         alerts.deliver(draft, inp.now)
     elif draft.alerts is not state.alerts:  # news for the sinks goes out at once
@@ -142,7 +147,10 @@ def _probe_result(draft: Draft, res: ProbeResult) -> None:
 
 
 def _tick(draft: Draft, now: float) -> None:
-    for name in draft.services:
+    for name in due.visit(draft):
+        if name not in draft.services:
+            draft.busy = draft.busy.delete(name)
+            continue
         services.escalate(draft, name, now)
         services.settle(draft, name, now)
         before = draft.services[name].lifecycle
@@ -151,6 +159,7 @@ def _tick(draft: Draft, now: float) -> None:
             phases.update(draft, name, now)
         alerts.service_rules(draft, name, draft.services[name], now)
         phases.rule(draft, name, now)
+        due.rest(draft, name)
     for name, dom in draft.domains.items():
         if not dom.satisfied:
             domains.evaluate_domain(draft, name, now)

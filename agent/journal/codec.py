@@ -356,10 +356,12 @@ _UPGRADES: dict[str, Callable[[dict[str, Any]], None]] = {
 
 
 def _rebuild(obj: Any) -> Any:
-    """A decoded State with its derived index rebuilt from its goals."""
+    """A decoded State with its derived fields rebuilt: the index from its goals, and every
+    service busy (the first Tick finds out which are idle)."""
     if not isinstance(obj, state.State):
         return obj
-    return evolve(obj, index=build_index(obj.goals))
+    busy = Map((name, True) for name in obj.services)
+    return evolve(obj, index=build_index(obj.goals), busy=busy)
 
 
 def _construct(name: str, shape: _Shape, fields: dict[str, Any]) -> Any:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.core.actions import Action, Log, Resync, TrackedAction, is_tracked
+from agent.core.draft import unchanged
 from agent.core.inputs import ActionCompleted, Input, Tick, input_time
 from agent.core.state import State
 from agent.core.step import completes, restore, step
@@ -141,7 +142,8 @@ class Runtime:
         actions: list[Action] = []
         for inp in batch:
             new, out = step(state, inp)
-            if new is state and not out:
+            if not out and unchanged(state, new):
+                state = new  # at most its busy set moved: nothing to journal
                 continue
             entries.append(Entry(input_time(inp), inp, out, self._completed(state, inp)))
             state = new

@@ -2,7 +2,8 @@
 
 After every step: each tracked action is pending or completed exactly once; restore(state)
 emits exactly the pending set; a replica fed the journaled (encoded, decoded) inputs holds an
-equal state; a domain that emits effects is broken; no unit has two jobs in flight.
+equal state; a domain that emits effects is broken; no unit has two jobs in flight; an eager
+twin whose Ticks visit every service (not only the busy ones, see core/due.py) decides the same.
 Same seed, same run: a failure prints the seed and step to reproduce it.
 """
 
@@ -13,8 +14,10 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
+from immutables import Map
 
 from agent.core.actions import RunEffect, TrackedAction, UnitJob, is_tracked
+from agent.core.draft import evolve
 from agent.core.inputs import (
     ActionCompleted,
     GoalsLoaded,
@@ -95,6 +98,7 @@ class World:
     goals: list[GoalSet]
     state: State = field(default_factory=State)
     replica: State = field(default_factory=State)
+    eager: State = field(default_factory=State)
     now: float = 0.0
     outstanding: dict[int, TrackedAction] = field(default_factory=dict)
     emitted: dict[int, TrackedAction] = field(default_factory=dict)
@@ -133,7 +137,7 @@ class World:
     def crash(self) -> None:
         """Lose everything in flight; reload the journaled state; restore."""
         self.state = codec.decode(codec.encode(self.state))
-        self.replica = self.state
+        self.replica = self.eager = self.state
         self.outstanding = {a.id: a for a in restore(self.state)}
 
 
@@ -158,17 +162,25 @@ def check(world: World, before: State, inp: Input, new_actions: list[TrackedActi
     assert world.replica == state, "replaying the journaled input gave another state"
 
 
+def _all_busy(state: State) -> State:
+    return evolve(state, busy=Map((name, True) for name in state.services))
+
+
 def simulate(seed: int, steps: int) -> World:
     rng = random.Random(seed)
     world = World(rng, goal_sets())
     world.state, _ = step(world.state, GoalsLoaded(world.goals[0], 0.0))
-    world.replica = world.state
+    world.replica = world.eager = world.state
     for i in range(steps):
         inp = world.next_input()
         before = world.state
         try:
             world.state, actions = step(before, inp)
             world.replica, _ = step(world.replica, codec.decode(codec.encode(inp)))
+            world.eager, eager = step(_all_busy(world.eager) if isinstance(inp, Tick)
+                                      else world.eager, inp)  # fmt: skip
+            assert eager == actions, "skipping idle services changed what a Tick decided"
+            assert world.eager == world.state
             new = [a for a in actions if is_tracked(a)]
             world.outstanding.update((a.id, a) for a in new)
             check(world, before, inp, new)

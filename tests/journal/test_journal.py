@@ -16,6 +16,7 @@ import pytest
 from immutables import Map
 
 from agent.core.actions import Action, Log, UnitJob
+from agent.core.draft import unchanged
 from agent.core.inputs import ActionCompleted, GoalsLoaded, Input, Tick, UnitObserved
 from agent.core.spec import GoalSet
 from agent.core.state import ServiceState, State
@@ -60,7 +61,8 @@ async def run(
         for inp in inputs[start : start + batch]:
             done = (inp.action_id,) if isinstance(inp, ActionCompleted) else ()
             new, out = step(state, inp)
-            if new is state and not out:
+            if not out and unchanged(state, new):
+                state = new
                 continue
             at = inp.now if isinstance(inp, Tick) else inp.at
             entries.append(Entry(at, inp, out, done if inp_pending(state, inp) else ()))
