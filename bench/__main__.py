@@ -7,6 +7,7 @@ import sys
 
 BENCHES = [
     "bench.step_bench",
+    "bench.idle_bench",
     "bench.journal_bench",
     "bench.systemd_bench",
     "bench.probes_bench",
