@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -50,8 +51,33 @@ def start(mgr: SystemdUser, tmp_path: Path, *extra: str) -> AgentProcess:
 
 
 def service(driver: WebDriver, attr: str) -> str:
+    """The web service row's `data-<attr>`; "" while the page is between two renders (a row
+    found just before an update replaced it is stale: the caller polls again)."""
     rows = driver.find_elements(By.ID, "service-web")
-    return (rows[0].get_attribute(f"data-{attr}") or "") if rows else ""
+    try:
+        return (rows[0].get_attribute(f"data-{attr}") or "") if rows else ""
+    except StaleElementReferenceException:
+        return ""
+
+
+def click(driver: WebDriver, css: str) -> None:
+    """Click what `css` finds, again if an update replaced it in between."""
+
+    def clicked() -> bool:
+        try:
+            driver.find_element(By.CSS_SELECTOR, css).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait_until(clicked, 10, f"{css} to click")
+
+
+def row_text(driver: WebDriver) -> str:
+    try:
+        return driver.find_element(By.ID, "service-web").text
+    except StaleElementReferenceException:
+        return ""
 
 
 def commands(state: Path) -> list[dict[str, str]]:
@@ -104,18 +130,18 @@ def test_with_actions_and_the_token_maintenance_toggles_and_is_journaled_with_wh
         browser.get(f"http://127.0.0.1:{agent.port}/")
         wait_until(lambda: service(browser, "lifecycle") == "Running", 20, "web Running")
         on = '#service-web [data-command="maintenance_on"]'
-        browser.find_element(By.CSS_SELECTOR, on).click()  # no token yet
+        click(browser, on)  # no token yet
         wait_until(lambda: "refused (401)" in browser.find_element(By.ID, "answer").text, 10, "401")
         assert commands(state) == []
         browser.find_element(By.ID, "token").send_keys(TOKEN)
         browser.find_element(By.ID, "operator-name").send_keys("carol")
         browser.find_element(By.CSS_SELECTOR, "#login button").click()
-        browser.find_element(By.CSS_SELECTOR, on).click()
+        click(browser, on)
         off = '#service-web [data-command="maintenance_off"]'
         wait_until(lambda: bool(browser.find_elements(By.CSS_SELECTOR, off)), 10, "maintenance")
-        assert "maintenance" in browser.find_element(By.ID, "service-web").text
+        wait_until(lambda: "maintenance" in row_text(browser), 10, "the row says maintenance")
         browser.save_screenshot(str(tmp_path / "actions.png"))
-        browser.find_element(By.CSS_SELECTOR, off).click()
+        click(browser, off)
         wait_until(lambda: bool(browser.find_elements(By.CSS_SELECTOR, on)), 10, "maintenance off")
         journaled = [(c["command"], c["target"], c["by"]) for c in commands(state)]
         who = "carol via http from 127.0.0.1"
