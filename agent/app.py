@@ -171,6 +171,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._resync = asyncio.Event()
         self._reload = asyncio.Event()
+        self._settled = True
 
     def request_stop(self) -> None:
         """Begin an orderly shutdown."""
@@ -380,8 +381,9 @@ class Daemon:
             ]
             if self.prober is not None:
                 helpers.append(tg.create_task(self.prober.run(), name="probes"))
+            watchers = []  # still watching while in-flight effects finish (see _settle)
             if self.systemd is not None:
-                helpers.append(tg.create_task(self.systemd.run(), name="systemd"))
+                watchers.append(tg.create_task(self.systemd.run(), name="systemd"))
                 helpers.append(tg.create_task(self._resyncer(), name="resync"))
             helpers.append(tg.create_task(self._notify(rt), name="sd-notify"))
             helpers.append(tg.create_task(self._journal_alarm(rt), name="journal-alarm"))
@@ -389,6 +391,14 @@ class Daemon:
                 tg.create_task(self.outputs.mqtt.run(self._stop), name="mqtt")
             tg.create_task(self._stopper(rt, helpers), name="stopper")
             await main
+            self._settled = await self._settle(rt)
+            for task in watchers:
+                task.cancel()
+
+    async def _settle(self, rt: Runtime) -> bool:
+        """Let in-flight effects finish (their unit jobs' ends are still seen on the bus);
+        while the system shuts down, unit jobs were dropped: nothing to wait for or keep."""
+        return await rt.settle(0.5 if rt.state.stopping else self.opts.shutdown_timeout)
 
     async def _stopper(self, rt: Runtime, helpers: list[asyncio.Task[None]]) -> None:
         await self._stop.wait()
@@ -441,9 +451,7 @@ class Daemon:
             await self.systemd.resync()
 
     async def _shutdown(self, rt: Runtime, journal: Journal) -> None:
-        # while the system shuts down, unit jobs were dropped (nothing to wait for or keep)
-        finished = await rt.settle(0.5 if rt.state.stopping else self.opts.shutdown_timeout)
-        if not finished:
+        if not self._settled:
             log.warning(
                 "%d effects still running; they stay pending for the next start", rt.lanes.running
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,3 +204,21 @@ def test_plan_shows_what_would_be_done_and_does_nothing(mgr: SystemdUser, tmp_pa
     assert mgr.systemctl("list-jobs", "--no-legend", check=True).stdout.strip() == ""
     assert mgr.show("sp-plan.service", "InactiveExitTimestampMonotonic") == "0"
     assert mgr.active_state("sp-plan.service") == "inactive"
+
+
+def test_a_stop_waits_for_a_job_in_flight_and_sees_it_end(mgr: SystemdUser, tmp_path: Path) -> None:
+    """SIGTERM while a start job runs: the bus is still watched until the job ends, so the
+    agent exits once it has (not after its whole 30 s shutdown timeout) with nothing pending."""
+    slow = "[Service]\nExecStartPre=/bin/sleep 2\nExecStart=/bin/sleep infinity\n"
+    mgr.write_unit("sp-slowstart.service", slow)
+    mgr.daemon_reload()
+    goals = goals_file(tmp_path, "  slow: {unit: sp-slowstart.service}\n")
+    state = tmp_path / "state"
+    with start_agent(mgr, goals, state) as agent:
+        wait_until(lambda: mgr.active_state("sp-slowstart.service") == "activating", 10, "start")
+        asked = time.monotonic()
+        assert agent.stop(timeout=20) == 0
+        took = time.monotonic() - asked
+    assert mgr.active_state("sp-slowstart.service") == "active"
+    assert took < 10, f"the stop took {took:.1f}s"
+    assert "stopped cleanly; 0 actions pending" in agent.output()
