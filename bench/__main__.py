@@ -1,13 +1,16 @@
-"""`make bench`: run every benchmark and print its figures."""
+"""`make bench`: run every benchmark and print its figures.
+
+SETPOINT_BENCH_ONLY=peers,memory runs only the benches whose module name contains one of those.
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 BENCHES = [
     "bench.step_bench",
-    "bench.idle_bench",
     "bench.journal_bench",
     "bench.systemd_bench",
     "bench.probes_bench",
@@ -20,7 +23,10 @@ BENCHES = [
 
 
 def main() -> int:
+    only = [word for word in os.environ.get("SETPOINT_BENCH_ONLY", "").split(",") if word]
     for name in BENCHES:
+        if only and not any(word in name for word in only):
+            continue
         print(f"== {name}", flush=True)
         importlib.import_module(name).main()
     return 0
