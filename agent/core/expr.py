@@ -9,23 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
-
-from cel_expr_python import cel
 
 from agent.core.spec import Scalar, VarType
 
 Decls = tuple[tuple[str, VarType], ...]
-
-_SCALAR = {
-    "string": cel.Type.STRING,
-    "bool": cel.Type.BOOL,
-    "int": cel.Type.INT,
-    "double": cel.Type.DOUBLE,
-}
-_FACTS = cel.Type.Map(cel.Type.STRING, cel.Type.Map(cel.Type.STRING, cel.Type.DYN))
-_NODES = cel.Type.Map(cel.Type.STRING, cel.Type.Map(cel.Type.STRING, cel.Type.DYN))
 _STATUS = re.compile(r"^[A-Z_]+: ")
 _LOCATION = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
 _REFERENCE = re.compile(r"""\b(services|probes)(?:\.([A-Za-z_][\w]*)|\[\s*["']([^"']+)["']\s*\])""")
@@ -39,11 +28,27 @@ class ExprError(Exception):
         self.message, self.line, self.col = message, line, col
 
 
+@cache
+def _cel() -> Any:
+    """The CEL library, loaded by the first expression: its native code takes ~6 MB resident,
+    which an agent whose goals have no expression never maps."""
+    from cel_expr_python import cel  # noqa: PLC0415 - see the docstring
+
+    return cel
+
+
+def _scalar(kind: VarType) -> Any:
+    t = _cel().Type
+    return {"string": t.STRING, "bool": t.BOOL, "int": t.INT, "double": t.DOUBLE}[kind]
+
+
 @lru_cache(maxsize=256)
 def _env(decls: Decls) -> Any:
-    variables = {"services": _FACTS, "probes": _FACTS, "nodes": _NODES}
-    variables.update({name: _SCALAR[kind] for name, kind in decls})
-    return cel.NewEnv(variables=variables)
+    t = _cel().Type
+    facts = t.Map(t.STRING, t.Map(t.STRING, t.DYN))
+    variables = {"services": facts, "probes": facts, "nodes": facts}
+    variables.update({name: _scalar(kind) for name, kind in decls})
+    return _cel().NewEnv(variables=variables)
 
 
 def _located(err: Exception) -> ExprError:
@@ -62,7 +67,7 @@ def compile_expr(text: str, decls: Decls, want: VarType | None = "bool") -> Any:
     except RuntimeError as err:
         raise _located(err) from None
     got = program.return_type()
-    if want is not None and got != cel.Type.DYN and got != _SCALAR[want]:
+    if want is not None and got != _cel().Type.DYN and got != _scalar(want):
         raise ExprError(f"expression has type {got.name().lower()}, expected {want}")
     return program
 
@@ -79,7 +84,7 @@ def evaluate(text: str, decls: Decls, data: Mapping[str, object], want: VarType 
     except Exception as err:  # any evaluator failure is the expression's fault
         raise ExprError(_plain(str(err)) or type(err).__name__) from None
     value = result.value()
-    if result.type() == cel.Type.ERROR:
+    if result.type() == _cel().Type.ERROR:
         raise ExprError(_plain(str(value)))
     if not isinstance(value, str | bool | int | float) or not _fits(value, want):
         raise ExprError(f"expression gave {type(value).__name__}, expected {want}")
