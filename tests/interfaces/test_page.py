@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,10 @@ from agent.core.state import State
 from agent.core.step import step
 from agent.interfaces import http as httpapi
 from agent.interfaces.metrics import Metrics
-from agent.interfaces.page import CSP, Live, Page, add_routes
+from agent.interfaces.page import CSP, Live, Page, add_routes, page_view
 from agent.journal.reports import HistoryRow, story
 from agent.journal.store import Entry, Journal
+from agent.runtime.degraded import Gap, health
 from tests.interfaces.test_metrics import sample_state
 
 TOKEN = "s3cret-token-value"
@@ -87,6 +89,17 @@ async def test_view_shows_services_probes_domains_and_history_in_words(agent: Ag
     assert view["domains"]["DatabaseRouting"]["goal"].startswith("(primary_status")
     assert view["history"][0]["text"].startswith("operator by alice via http: maintenance on")
     assert view["actions"] is False
+
+
+async def test_view_says_when_the_journal_cannot_write(agent: Agent) -> None:
+    gap = Gap(40.0, "database or disk is full", inputs=7)
+    page = replace(agent.page(), journal=lambda: health(gap, 100.0))
+    view = await page_view(page)
+    assert view["journal"] == {
+        "degraded": True, "for_seconds": 60.0, "error": "database or disk is full",
+        "unrecorded_inputs": 7, "held_effects": 0, "done": [],
+    }  # fmt: skip
+    assert (await page_view(agent.page()))["journal"] == {"degraded": False}
 
 
 async def test_events_stream_a_new_view_after_each_change(agent: Agent) -> None:
