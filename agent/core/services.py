@@ -89,6 +89,7 @@ def _enter(
     irregular = svc.active != "unknown" and svc.transitions > 0 and not allowed(old, new)
     if irregular:
         draft.log("info", f"observed jump {old} -> {new} (not in the lifecycle diagram)", name)
+    recent = _failures(spec, svc, old, new, at)
     return evolve(
         svc,
         lifecycle=new,
@@ -96,8 +97,9 @@ def _enter(
         reason=reason if new == "Error" else _recovering_from(old, new, svc.reason),
         transitions=svc.transitions + 1,
         irregular=svc.irregular + irregular,
-        recent=_failures(spec, svc, old, new, at),
+        recent=recent,
         errors=svc.errors + (new == "Error"),
+        failures=svc.failures + (recent is not svc.recent),
     )
 
 

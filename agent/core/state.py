@@ -53,6 +53,8 @@ class ServiceState:
     """Times of the latest failure cycles within the thrash window (at most thrash_transitions):
     entries into Error and systemd's own restarts (auto-restart)."""
     errors: int = 0
+    failures: int = 0
+    """Failure cycles ever (what `recent` counts within the window): the thrash rule's unit."""
     job: int | None = None
     restarts: tuple[float, ...] = ()
     restarts_total: int = 0

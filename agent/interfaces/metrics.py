@@ -59,6 +59,7 @@ def render_state(state: State, now: float) -> list[str]:
         ("transitions", "Lifecycle transitions"),
         ("restarts", "Start or restart jobs issued"),
         ("errors", "Entries into the Error state"),
+        ("failures", "Failure cycles: entries into Error and systemd's own restarts"),
     ):
         metric = f"setpoint_service_{key}_total"
         _family(out, metric, "counter", text)
