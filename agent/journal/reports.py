@@ -132,9 +132,11 @@ def say_input(inp: Input) -> str:
             return f"goals loaded: {len(goals.services)} services, {len(goals.domains)} domains"
         case GoalsRejected():
             return f"goals rejected ({len(inp.problems)} problems); the last good ones stay"
+        case ManagerStarted() if inp.stopping:
+            return f"the system is shutting down ({inp.stopping}): observing only, no new jobs"
         case ManagerStarted():
             return f"systemd manager started at {local_iso(inp.started)}"
-        case JournalGap():  # added by the journal's owner: the degraded-mode marker
+        case JournalGap():
             return (f"journal gap: {inp.inputs} inputs decided on without a record since "
                     f"{local_iso(inp.began)} ({inp.error})")  # fmt: skip
         case ClusterObserved():
