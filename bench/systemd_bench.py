@@ -93,10 +93,9 @@ class Probe:
             self.changed.set()
 
 
-async def reaction(mgr: SystemdUser, work: Path, alongside: bool = False) -> dict[str, float]:
-    """Kill both units in turn KILLS times; with `alongside`, the agent's start/restart jobs
-    are issued as soon as their batch goes to the journal instead of once it is durable (a
-    what-if for the runtime: see `issue_alongside`)."""
+async def reaction(mgr: SystemdUser, work: Path) -> dict[str, float]:
+    """Kill both units in turn KILLS times (the agent's jobs start while their batch commits:
+    unit jobs need no write-ahead, see agent/runtime/loop.py)."""
     (work / "goals.yaml").write_text(GOALS)
     os.environ["DBUS_SESSION_BUS_ADDRESS"] = mgr.bus_address
     opts = Options(goals=(work / "goals.yaml",), state_dir=work / "state", bus="user", http_port=0)
@@ -107,7 +106,7 @@ async def reaction(mgr: SystemdUser, work: Path, alongside: bool = False) -> dic
         if task.done():  # it failed to start (bad goals...): say why instead of waiting forever
             await task
         await asyncio.sleep(0.01)
-    wire(daemon.runtime, daemon.systemd, probe, alongside)
+    wire(daemon.runtime, daemon.systemd, probe)
     kills: dict[str, list[Kill]] = {AGENT_UNIT: [], FLOOR_UNIT: []}
     for unit in kills:
         await wait_active(mgr, unit)
@@ -122,46 +121,19 @@ async def reaction(mgr: SystemdUser, work: Path, alongside: bool = False) -> dic
     return figures(probe, kills[AGENT_UNIT], kills[FLOOR_UNIT])
 
 
-def wire(rt: Runtime, adapter: SystemdAdapter, probe: Probe, alongside: bool) -> None:
+def wire(rt: Runtime, adapter: SystemdAdapter, probe: Probe) -> None:
     """The probe's tap and timed commit, and a timed `systemd` lane."""
     rt.tap = probe.tap
-    commit = probe.timed_commit(rt.journal.commit)
-    early: dict[int, asyncio.Task[str]] = {}
+    rt.journal.commit = probe.timed_commit(rt.journal.commit)  # type: ignore[method-assign,assignment]
 
-    async def run(action: TrackedAction) -> str:
+    async def timed_job(action: TrackedAction) -> str:
         assert isinstance(action, UnitJob)
         seen = probe.failed_at.pop(action.unit, None)
         if seen is not None:
             probe.reaction.append(time.time() - seen)
         return await adapter.run_job(action.unit, action.op, 30)
 
-    async def timed_job(action: TrackedAction) -> str:
-        started = early.pop(action.id, None)
-        return await (started if started is not None else run(action))
-
-    if alongside:
-        commit = issue_alongside(commit, run, early)
-    rt.journal.commit = commit  # type: ignore[method-assign,assignment]
     rt.lanes.register("systemd", timed_job, RetryPolicy(attempts=3, initial=0.2))
-
-
-def issue_alongside(
-    commit: Commit, run: Callable[[TrackedAction], Coroutine[Any, Any, str]],
-    early: dict[int, asyncio.Task[str]],
-) -> Commit:  # fmt: skip
-    """`commit` that first starts the batch's start/restart jobs (the lane then awaits the
-    job already running instead of issuing it again): what the reaction would cost if unit
-    jobs, which resync and restore re-derive from what systemd reports, did not wait for the
-    fsync. Effects that need write-ahead (exec, http, file, alerts) would still wait."""
-
-    async def alongside(entries: Sequence[Entry], state: State) -> None:
-        for entry in entries:
-            for action in entry.actions:
-                if isinstance(action, UnitJob) and action.op in ("start", "restart"):
-                    early[action.id] = asyncio.create_task(run(action))
-        await commit(entries, state)
-
-    return alongside
 
 
 def figures(probe: Probe, agent: list[Kill], floor: list[Kill]) -> dict[str, float]:
@@ -298,25 +270,10 @@ def report(r: dict[str, float]) -> None:
         f"(agent) and {r['floor_spawn_ms']:.1f} ms (systemd)"
     )
     print(
-        f"  inside the agent, signal -> job issued p50 {r['reaction_p50_ms']:.2f} ms, of "
-        f"which the write-ahead journal commit (fsync) p50 {r['commit_p50_ms']:.2f} ms; "
+        f"  inside the agent, signal -> job issued p50 {r['reaction_p50_ms']:.2f} ms (the "
+        f"batch's journal commit, p50 {r['commit_p50_ms']:.2f} ms, runs alongside the job); "
         f"job issued -> job began in systemd "
         f"{r['agent_job_ms'] - r['signal_ms'] - r['reaction_p50_ms']:.1f} ms (D-Bus call)"
-    )
-
-
-def report_alongside(a: dict[str, float], r: dict[str, float]) -> None:
-    print(
-        f"what-if, start/restart jobs issued alongside their commit instead of after it: "
-        f"signal -> job issued p50 {a['reaction_p50_ms']:.2f} ms; kill -> active again agent "
-        f"{a['agent_median_ms']:.1f} ms vs systemd {a['floor_median_ms']:.1f} ms, overhead "
-        f"{a['agent_median_ms'] - a['floor_median_ms']:+.1f} ms (with write-ahead: "
-        f"{r['agent_median_ms'] - r['floor_median_ms']:+.1f} ms)"
-    )
-    print(
-        f"  medians from the kill: systemd's own job began at {a['floor_job_ms']:.1f} ms, the "
-        f"agent's at {a['agent_job_ms']:.1f} ms (signal at {a['signal_ms']:.1f} ms); job -> "
-        f"active {a['agent_spawn_ms']:.1f} ms (agent) and {a['floor_spawn_ms']:.1f} ms (systemd)"
     )
 
 
@@ -328,12 +285,8 @@ def main() -> None:
         mgr.daemon_reload()
         mgr.systemctl("start", FLOOR_UNIT, check=True)
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "ahead").mkdir()
-            (Path(tmp) / "alongside").mkdir()
-            r = asyncio.run(reaction(mgr, Path(tmp) / "ahead"))
-            report(r)
-            a = asyncio.run(reaction(mgr, Path(tmp) / "alongside", alongside=True))
-            report_alongside(a, r)
+            (Path(tmp) / "reaction").mkdir()
+            report(asyncio.run(reaction(mgr, Path(tmp) / "reaction")))
             i = idle(mgr, Path(tmp))
             print(
                 f"idle with {i['units']:.0f} watched units: CPU {i['cpu_percent']:.2f}% of a core "

@@ -2,8 +2,9 @@
 
 Inputs that arrive together are stepped as one batch and committed in one transaction
 (group commit: one fsync per batch). No effect starts before the batch that created it is
-durable. On start, `restore(state)` re-emits every pending tracked action. When the journal
-cannot write, the loop goes on in degraded mode (degraded.py) instead of stopping.
+durable, except unit jobs, which start while it commits (see `_dispatch_ahead`). On start,
+`restore(state)` re-emits every pending tracked action. When the journal cannot write, the
+loop goes on in degraded mode (degraded.py) instead of stopping.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.core.actions import Action, Log, Resync, TrackedAction, is_tracked
+from agent.core.actions import Action, Log, Resync, TrackedAction, UnitJob, is_tracked
 from agent.core.draft import unchanged
 from agent.core.inputs import ActionCompleted, Input, Tick, input_time
 from agent.core.state import State
@@ -149,12 +150,13 @@ class Runtime:
             state = new
             actions.extend(out)
         stepped = time.perf_counter()
+        ahead = self._dispatch_ahead(actions)
         await self._commit(entries, state)
         self._account(len(batch), len(entries), stepped - started, time.perf_counter() - stepped)
         before, self.state = self.state, state
         if self.gate is not None:
             actions = list(await self.gate(before, state, actions))
-        self._act(actions)
+        self._act(actions, ahead)
         if entries:
             self._project(state)
         async with self._changed:
@@ -258,9 +260,22 @@ class Runtime:
         self.stats.inputs += inputs
         self.stats.journaled += journaled
 
-    def _act(self, actions: Sequence[Action]) -> None:
+    def _dispatch_ahead(self, actions: Sequence[Action]) -> frozenset[int]:
+        """Start the batch's unit jobs while it commits: they need no write-ahead (idempotent,
+        and re-derived from what systemd reports after a crash), and the fsync is most of the
+        agent's reaction time. Every other effect waits for the commit."""
+        if self.degraded is not None:
+            return frozenset()
+        jobs = [a for a in actions if isinstance(a, UnitJob)]
+        for job in jobs:
+            self.lanes.dispatch(job)
+        return frozenset(job.id for job in jobs)
+
+    def _act(self, actions: Sequence[Action], ahead: frozenset[int] = frozenset()) -> None:
         gap = self.degraded
         for action in actions:
+            if is_tracked(action) and action.id in ahead:
+                continue
             if is_tracked(action):
                 if gap is None:
                     self.lanes.dispatch(action)
