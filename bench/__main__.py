@@ -11,6 +11,7 @@ import sys
 
 BENCHES = [
     "bench.step_bench",
+    "bench.idle_bench",
     "bench.journal_bench",
     "bench.systemd_bench",
     "bench.probes_bench",
@@ -19,6 +20,7 @@ BENCHES = [
     "bench.peers.checks_bench",
     "bench.memory_bench",
     "bench.flapping_bench",
+    "bench.soak_bench",
 ]
 
 
