@@ -5,6 +5,7 @@ warm-up and the journal bounded (snapshots prune the entries before the oldest o
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import tempfile
@@ -58,6 +59,12 @@ async def soak(work: Path) -> list[tuple[float, float, float]]:
 
 
 def main() -> None:
+    with open(os.devnull, "w") as null:
+        logging.basicConfig(stream=null, level=logging.INFO, force=True)  # formatted, not shown
+        measure()
+
+
+def measure() -> None:
     with target_server() as port, tempfile.TemporaryDirectory() as tmp:
         work = prepare(Path(tmp) / "soak", goals(port, "flap"))
         samples = asyncio.run(soak(work))
