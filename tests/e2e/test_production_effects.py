@@ -328,9 +328,6 @@ class EffectsHost:
 def effects_host() -> Iterator[EffectsHost]:
     """Setpoint installed and enabled with the effects goals; the receiver, the target unit
     and (when its .debs could be had) mosquitto with a subscriber running inside."""
-    reason = nspawn.unavailable_reason()
-    if reason is not None:
-        unavailable(reason)
     debs = mosquitto_debs()
     if isinstance(debs, str):
         nspawn.log(f"MQTT part will skip: {debs}")
@@ -518,9 +515,6 @@ class UpgradeHost:
 def upgrade_host() -> Iterator[UpgradeHost]:
     """A booted Debian with this tree at nspawn.SRC and the previous logic's at OLD_SRC;
     nothing installed yet."""
-    reason = nspawn.unavailable_reason()
-    if reason is not None:
-        unavailable(reason)
     try:
         old, old_logic, logic = previous_logic()
     except (RuntimeError, OSError) as err:
