@@ -44,7 +44,7 @@ from agent.interfaces import http as httpapi
 from agent.interfaces.metrics import Metrics
 from agent.interfaces.page import Live, Page, add_routes
 from agent.interfaces.sd_notify import Notifier, status_line
-from agent.interfaces.views import status_dict
+from agent.interfaces.views import UnitLogsOf, status_dict
 from agent.journal.store import Journal
 from agent.runtime.clock import SteadyClock
 from agent.runtime.degraded import health, journal_alert
@@ -245,16 +245,18 @@ class Daemon:
 
     async def _serve_http(self, rt: Runtime, journal: Journal) -> web.AppRunner:
         assert self.metrics is not None
-        logs = self.outputs.sinks.logs if self.outputs is not None else None
-        api = httpapi.app(
-            self.metrics, lambda: rt.state, rt.alive, self.clock, logs.get if logs else None
-        )
+        api = httpapi.app(self.metrics, lambda: rt.state, rt.alive, self.clock, self._logs())
         add_routes(api, self._page(rt, journal))
         runner = await httpapi.serve(api, self.opts.http_host, self.opts.http_port)
         log.info("metrics on http://%s:%d/metrics", self.opts.http_host, self.opts.http_port)
         actions = "operator actions on (token)" if self.opts.page_token else "read-only"
         log.info("status page on http://%s:%d/ (%s)", *self._address(), actions)
         return runner
+
+    def _logs(self) -> UnitLogsOf | None:
+        """The unit log lines each firing alert was sent with, when they are read at all."""
+        logs = self.outputs.sinks.logs if self.outputs is not None else None
+        return logs.get if logs is not None else None
 
     def _address(self) -> tuple[str, int]:
         host = self.opts.http_host
@@ -265,8 +267,7 @@ class Daemon:
 
         def doc() -> dict[str, Any]:
             now = self.clock()
-            logs = self.outputs.sinks.logs if self.outputs is not None else None
-            view = status_dict(rt.state, now, logs.get if logs is not None else None)
+            view = status_dict(rt.state, now, self._logs())
             return {**view, "journal": health(rt.degraded, now),
                     "source": "agent"}  # fmt: skip
 
@@ -286,7 +287,7 @@ class Daemon:
             live=live,
             latency=self.metrics.probes.last.get,
             journal=lambda: health(rt.degraded, self.clock()),
-            logs=self.outputs.sinks.logs.get if self.outputs and self.outputs.sinks.logs else None,
+            logs=self._logs(),
         )
 
     def _wire_lanes(self, rt: Runtime) -> None:

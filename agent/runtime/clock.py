@@ -31,10 +31,6 @@ class SteadyClock:
     def __call__(self) -> float:
         return self._offset + self._monotonic()
 
-    def from_monotonic(self, seconds: float) -> float:
-        """A CLOCK_MONOTONIC reading (e.g. systemd's *TimestampMonotonic) on this clock."""
-        return self._offset + seconds
-
     def to_wall(self, reading: float) -> float:
         """A reading of this clock as the wall clock shows that moment now."""
         return reading + self._wall() - self()

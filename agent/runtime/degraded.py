@@ -46,16 +46,20 @@ class Gap:
     writable: asyncio.Event = field(default_factory=asyncio.Event)
     """Set by the watcher once a write went through."""
 
-    def marker(self, at: float) -> JournalGap:
-        """The journal entry that records this gap."""
+    def said(self) -> tuple[str, ...]:
+        """What was done meanwhile, a phrase each."""
         done = [f"{n} {what}" for what, n in sorted(self.done.items())]
         if self.held:
             done.append(f"{len(self.held)} effects held for the journal")
-        return JournalGap(self.began, at, self.inputs, tuple(done), self.error)
+        return tuple(done)
+
+    def marker(self, at: float) -> JournalGap:
+        """The journal entry that records this gap."""
+        return JournalGap(self.began, at, self.inputs, self.said(), self.error)
 
     def summary(self) -> str:
         """What was done meanwhile, in words."""
-        return ", ".join(self.marker(0.0).done) or "nothing"
+        return ", ".join(self.said()) or "nothing"
 
 
 def journal_alert(began: float, now: float, error: str | None) -> Alert:
@@ -84,5 +88,5 @@ def health(gap: Gap | None, now: float) -> dict[str, object]:
         "error": gap.error,
         "unrecorded_inputs": gap.inputs,
         "held_effects": len(gap.held),
-        "done": list(gap.marker(now).done),
+        "done": list(gap.said()),
     }

@@ -182,8 +182,11 @@ class Runtime:
             self.metrics.journal_failed()
         log.error("journal cannot write (%s): DEGRADED, supervising without a record; unit "
                   "jobs and alerts go on, other effects wait for the journal", error)  # fmt: skip
-        self._watcher = asyncio.create_task(self._watch_journal(gap), name="journal-watch")
+        self._watch(gap)
         return gap
+
+    def _watch(self, gap: Gap) -> None:
+        self._watcher = asyncio.create_task(self._watch_journal(gap), name="journal-watch")
 
     async def _watch_journal(self, gap: Gap) -> None:
         """Try a small write now and then; once one goes through, wake the loop to close the
@@ -207,7 +210,7 @@ class Runtime:
         except JournalError as err:
             gap.writable.clear()
             gap.error = str(err)
-            self._watcher = asyncio.create_task(self._watch_journal(gap), name="journal-watch")
+            self._watch(gap)
             return
         self.degraded = None
         log.warning("journal writable again after %.1fs: %d inputs were decided on without a "
@@ -272,18 +275,9 @@ class Runtime:
         return frozenset(job.id for job in jobs)
 
     def _act(self, actions: Sequence[Action], ahead: frozenset[int] = frozenset()) -> None:
-        gap = self.degraded
         for action in actions:
-            if is_tracked(action) and action.id in ahead:
-                continue
             if is_tracked(action):
-                if gap is None:
-                    self.lanes.dispatch(action)
-                elif (kind := done_unrecorded(action)) is not None:
-                    gap.done[kind] += 1
-                    self.lanes.dispatch(action)
-                else:
-                    gap.held[action.id] = action
+                self._dispatch(action, ahead)
             elif isinstance(action, Log):
                 level = _LEVELS.get(action.level, logging.ERROR)
                 log.log(
@@ -291,6 +285,18 @@ class Runtime:
                 )
             elif isinstance(action, Resync):
                 self._on_resync()
+
+    def _dispatch(self, action: TrackedAction, ahead: frozenset[int]) -> None:
+        """Start `action` (unless it started `ahead`, while its batch committed); while the
+        journal cannot write, only what is safe without a record, and count it."""
+        if (gap := self.degraded) is not None:
+            kind = done_unrecorded(action)
+            if kind is None:
+                gap.held[action.id] = action
+                return
+            gap.done[kind] += 1
+        if action.id not in ahead:
+            self.lanes.dispatch(action)
 
     def alive(self, stuck_after: float = 30.0) -> bool:
         """False when inputs wait while no batch was committed for `stuck_after` seconds."""

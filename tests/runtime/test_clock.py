@@ -44,9 +44,3 @@ def test_it_never_starts_behind_the_journal() -> None:
     clock = SteadyClock(newest, wall=t.wall, monotonic=t.mono)
     assert clock() == newest
     assert SteadyClock(t.wall_at - 60, wall=t.wall, monotonic=t.mono)() == t.wall_at
-
-
-def test_systemds_monotonic_timestamps_land_on_it() -> None:
-    t = Fake()
-    clock = SteadyClock(wall=t.wall, monotonic=t.mono)
-    assert clock.from_monotonic(t.mono_at - 2) == clock() - 2
