@@ -22,6 +22,7 @@ class Draft:
         self.index = state.index
         self.services = state.services
         self.busy = state.busy
+        self.wake = state.wake
         self.probes = state.probes
         self.domains = state.domains
         self.pending = state.pending
@@ -69,11 +70,15 @@ class Draft:
         self.services = self.services.set(name, svc)
         if name not in self.busy:
             self.busy = self.busy.set(name, True)
+        elif name in self.wake:
+            self.wake = self.wake.delete(name)
 
     def wake_all(self) -> None:
         """Every service is busy again: the next Tick visits each (see due.py)."""
         if any(name not in self.busy for name in self.services):
             self.busy = Map((name, True) for name in self.services)
+        if self.wake:
+            self.wake = Map()
 
     def set_probe(self, name: str, probe: ProbeState) -> None:
         self.probes = self.probes.set(name, probe)
@@ -87,6 +92,7 @@ class Draft:
         if (
             self.services is base.services
             and self.busy is base.busy
+            and self.wake is base.wake
             and self.probes is base.probes
             and self.domains is base.domains
             and self.pending is base.pending
@@ -106,6 +112,7 @@ class Draft:
             index=self.index,
             services=self.services,
             busy=self.busy,
+            wake=self.wake,
             probes=self.probes,
             domains=self.domains,
             pending=self.pending,
@@ -119,13 +126,17 @@ class Draft:
         )
 
 
+DUE = ("busy", "wake")
+"""State's fields that say what a Tick visits (see due.py): derived, never compared."""
+
+
 def unchanged(old: State, new: State) -> bool:
-    """True when `new` is `old` but for `busy`, which is derived (see due.py): nothing to
-    journal. A replay that keeps a service busy longer reaches the same states."""
+    """True when `new` is `old` but for `busy` and `wake` (see due.py): nothing to journal. A
+    replay that visits a service more often reaches the same states."""
     if new is old:
         return True
     mine = new.__dict__
-    return all(mine[key] is value for key, value in old.__dict__.items() if key != "busy")
+    return all(mine[key] is value for key, value in old.__dict__.items() if key not in DUE)
 
 
 def evolve(obj: T, **changes: object) -> T:

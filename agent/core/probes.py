@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from agent.core.draft import Draft, evolve
+from agent.core.draft import Draft
 from agent.core.inputs import ProbeResult
 from agent.core.spec import ProbeSpec
-from agent.core.state import ProbeState
+from agent.core.state import ProbeState, State
 
 
-def _in_grace(draft: Draft, owners: tuple[str, ...], spec: ProbeSpec, at: float) -> bool:
+def _in_grace(draft: Draft | State, owners: tuple[str, ...], spec: ProbeSpec, at: float) -> bool:
     """Failures within the start period of a service that just came up do not count."""
     return any(
         draft.services[s].active_since + spec.start_period > at
@@ -24,6 +24,33 @@ def apply(
     old = draft.probes.get(result.probe, ProbeState())
     if not result.ok and _in_grace(draft, owners, spec, result.at):
         return False
+    new = fold(old, result, spec, timed)
+    if new is old:
+        return False
+    draft.set_probe(result.probe, new)
+    if new.healthy != old.healthy and new.healthy is not None:
+        _log_verdict(draft, result.probe, spec, new)
+    return new.healthy != old.healthy
+
+
+def steady(state: State, result: ProbeResult) -> bool:
+    """True when `result` changes nothing at all: `step` may return the state as it is. Only
+    for a probe no failover group times and no phase reads (those re-judge on every result)."""
+    spec = state.index.probes.get(result.probe)
+    if spec is None:
+        return True
+    name = result.probe
+    if name in state.index.probe_to_groups or name in state.index.probe_to_phased:
+        return False
+    owners = state.index.probe_to_services.get(name, ())
+    if not result.ok and _in_grace(state, owners, spec, result.at):
+        return True
+    old = state.probes.get(name, ProbeState())
+    return fold(old, result, spec, False) is old
+
+
+def fold(old: ProbeState, result: ProbeResult, spec: ProbeSpec, timed: bool) -> ProbeState:
+    """The probe's state after `result`: `old` itself when that changes nothing. Pure."""
     if result.ok:
         ok_streak = min(old.ok_streak + 1, spec.successes)
         fail_streak = 0
@@ -33,21 +60,19 @@ def apply(
         fail_streak = min(old.fail_streak + 1, spec.failures)
         healthy = False if fail_streak >= spec.failures else old.healthy
     budget = spec.latency_budget
-    new = evolve(
-        old,
-        healthy=healthy,
-        ok_streak=ok_streak,
-        fail_streak=fail_streak,
-        over_budget=result.ok and budget is not None and result.latency > budget,
-        detail="" if result.ok else result.detail[:200],
-        result=result.result if result.ok else "",
-        latency=round(result.latency, 4) if timed else old.latency,
+    new = (
+        healthy,
+        ok_streak,
+        fail_streak,
+        result.ok and budget is not None and result.latency > budget,
+        round(result.latency, 4) if timed else old.latency,
+        "" if result.ok else result.detail[:200],
+        result.result if result.ok else "",
     )
-    if new != old:
-        draft.set_probe(result.probe, new)
-    if new.healthy != old.healthy and new.healthy is not None:
-        _log_verdict(draft, result.probe, spec, new)
-    return new.healthy != old.healthy
+    if new == (old.healthy, old.ok_streak, old.fail_streak, old.over_budget, old.latency,
+               old.detail, old.result):  # fmt: skip
+        return old
+    return ProbeState(*new)
 
 
 def _log_verdict(draft: Draft, name: str, spec: ProbeSpec, new: ProbeState) -> None:

@@ -141,19 +141,17 @@ def observe(draft: Draft, name: str, obs: UnitObserved, at: float) -> ServiceSta
             if probe in draft.probes:
                 draft.set_probe(probe, ProbeState())
         health = health_of(draft, draft.service_spec(name))
-    svc = evolve(
-        svc,
-        active=active,
-        sub=sub,
-        load=obs.load,
-        health=health,
-        active_since=at if came_up else svc.active_since,
-        exit=exit,
-        main_pid=obs.main_pid,
-        stop_done=svc.stop_done or _stop_done(svc, obs),
-        own_restart_until=own,
-    )
+    seen = (active, sub, obs.load, health, at if came_up else svc.active_since, exit,
+            obs.main_pid, svc.stop_done or _stop_done(svc, obs), own)  # fmt: skip
+    if seen != (svc.active, svc.sub, svc.load, svc.health, svc.active_since, svc.exit,
+                svc.main_pid, svc.stop_done, svc.own_restart_until):  # fmt: skip
+        svc = evolve(svc, **dict(zip(_SEEN, seen, strict=True)))
     return refresh(draft, name, svc, at)
+
+
+_SEEN = ("active", "sub", "load", "health", "active_since", "exit", "main_pid", "stop_done",
+         "own_restart_until")  # fmt: skip
+"""What `observe` takes from systemd's view (a repeated view changes none of them)."""
 
 
 def _stop_done(svc: ServiceState, obs: UnitObserved) -> bool:

@@ -191,6 +191,12 @@ class State:
     busy: Map[str, bool] = field(default_factory=Map, metadata={"derived": True}, compare=False)
     """Services a Tick must visit (see due.py): those not known to be idle. Never stored; a
     decoded state has every service in it."""
+    wake: Map[str, tuple[float, float]] = field(
+        default_factory=Map, metadata={"derived": True}, compare=False
+    )
+    """Busy services Ticks may pass over (see due.py): (from, until) when nothing time-driven
+    is due for them unless an input changes them first. Never stored; without an entry a busy
+    service is visited by every Tick."""
     services: Map[str, ServiceState] = field(default_factory=Map)
     probes: Map[str, ProbeState] = field(default_factory=Map)
     domains: Map[str, DomainState] = field(default_factory=Map)

@@ -41,6 +41,8 @@ ROUTINE = (UnitObserved, ProbeResult, Tick, ActionCompleted, JournalGap)
 
 def step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
     """Apply one input. Pure."""
+    if type(inp) is ProbeResult and probes.steady(state, inp):
+        return state, ()  # most of what a fleet at rest sends: a check confirming what is known
     draft = Draft(state)
     match inp:
         case UnitObserved():
@@ -98,7 +100,7 @@ def _unit_observed(draft: Draft, obs: UnitObserved) -> None:
         return
     old = draft.services[name]
     svc = services.observe(draft, name, obs, obs.at)
-    if svc == old:
+    if svc is old or svc == old:
         return
     draft.set_service(name, svc)
     _after_service_change(draft, name, old, obs.at)
@@ -147,9 +149,10 @@ def _probe_result(draft: Draft, res: ProbeResult) -> None:
 
 
 def _tick(draft: Draft, now: float) -> None:
-    for name in due.visit(draft):
+    for name in due.visit(draft, now):
         if name not in draft.services:
             draft.busy = draft.busy.delete(name)
+            due.forget(draft, name)
             continue
         services.escalate(draft, name, now)
         services.settle(draft, name, now)
@@ -159,7 +162,7 @@ def _tick(draft: Draft, now: float) -> None:
             phases.update(draft, name, now)
         alerts.service_rules(draft, name, draft.services[name], now)
         phases.rule(draft, name, now)
-        due.rest(draft, name)
+        due.rest(draft, name, now)
     for name, dom in draft.domains.items():
         if not dom.satisfied:
             domains.evaluate_domain(draft, name, now)

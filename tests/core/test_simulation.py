@@ -3,7 +3,8 @@
 After every step: each tracked action is pending or completed exactly once; restore(state)
 emits exactly the pending set; a replica fed the journaled (encoded, decoded) inputs holds an
 equal state; a domain that emits effects is broken; no unit has two jobs in flight; an eager
-twin whose Ticks visit every service (not only the busy ones, see core/due.py) decides the same.
+twin whose Ticks visit every service (not only the busy ones whose deadline came, see
+core/due.py) decides the same.
 Same seed, same run: a failure prints the seed and step to reproduce it.
 """
 
@@ -163,7 +164,8 @@ def check(world: World, before: State, inp: Input, new_actions: list[TrackedActi
 
 
 def _all_busy(state: State) -> State:
-    return evolve(state, busy=Map((name, True) for name in state.services))
+    """Every service busy and none passed over: the Tick visits the whole fleet."""
+    return evolve(state, busy=Map((name, True) for name in state.services), wake=Map())
 
 
 def simulate(seed: int, steps: int) -> World:
