@@ -4,6 +4,9 @@ Every background task is named and lives in one TaskGroup: if one dies, the agen
 non-zero (systemd restarts it and `restore` picks up the pending work). SIGTERM/SIGINT stop
 intake, let in-flight effects finish up to a timeout, commit, snapshot and exit 0. SIGHUP
 reloads the goals; invalid goals are reported and the last good ones stay in force.
+
+Goal files are read in a short-lived child process (agent.goals.isolated), at start and at each
+reload: the daemon never imports YAML, pydantic or the goal models, which only checking them needs.
 """
 
 from __future__ import annotations
@@ -38,13 +41,14 @@ from agent.core.inputs import GoalsLoaded, GoalsRejected, Input, ProbeResult, Ti
 from agent.core.spec import GoalSet
 from agent.core.state import State
 from agent.errors import ConfigError, PermanentError
-from agent.goals import load_goals
+from agent.goals.isolated import LoaderFailed, load_isolated
 from agent.interfaces import control
 from agent.interfaces import http as httpapi
 from agent.interfaces.metrics import Metrics
 from agent.interfaces.page import Live, Page, add_routes
 from agent.interfaces.sd_notify import Notifier, status_line
 from agent.interfaces.views import UnitLogsOf, status_dict
+from agent.journal import codec
 from agent.journal.store import Journal
 from agent.runtime.clock import SteadyClock
 from agent.runtime.degraded import health, journal_alert
@@ -213,10 +217,10 @@ class Daemon:
         return 0
 
     async def _read_goals(self) -> GoalSet:
-        """The goal files, checked against what this agent can do (MQTT needs a broker)."""
-        return await asyncio.to_thread(
-            load_goals, self.opts.goals, broker=self.opts.mqtt is not None
-        )
+        """The goal files, checked against what this agent can do (MQTT needs a broker), in a
+        child process; ConfigError when they are invalid, LoaderFailed when it gave no answer."""
+        broker = self.opts.mqtt is not None
+        return await load_isolated(self.opts.goals, broker=broker, decode=codec.decode)
 
     @contextlib.asynccontextmanager
     async def _cluster(self, rt: Runtime) -> AsyncIterator[None]:
@@ -359,13 +363,13 @@ class Daemon:
         """Validate the goal files again; switch to them only when they are valid."""
         try:
             goals = await self._read_goals()
-        except ConfigError as err:
-            for problem in err.problems:
+        except (ConfigError, LoaderFailed) as err:
+            problems = tuple(map(str, err.problems if isinstance(err, ConfigError) else [err]))
+            for problem in problems:
                 log.error("reload rejected, keeping the last good goals: %s", problem)
             if self.metrics is not None:
                 self.metrics.observe_reload(False, self.clock())
             if self.runtime is not None:
-                problems = tuple(str(p) for p in err.problems)
                 self.runtime.submit(GoalsRejected(problems, self.clock()))
             return False
         if self.runtime is not None:

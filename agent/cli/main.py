@@ -27,7 +27,6 @@ from agent.core.inputs import GoalsLoaded, Input, Tick
 from agent.core.state import State
 from agent.core.step import step
 from agent.errors import ConfigError, JournalError, Problem, SetpointError
-from agent.goals import goals_schema, load_goals
 from agent.goals.durations import parse_duration
 from agent.interfaces import control, logs
 from agent.interfaces.views import describe, status_dict, status_text
@@ -222,6 +221,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         case "validate":
             return _validate(args.paths)
         case "schema":
+            from agent.goals import goals_schema  # noqa: PLC0415 - pydantic only where needed
+
             print(json.dumps(goals_schema(), indent=2))
             return 0
         case "polkit-rule":
@@ -293,6 +294,8 @@ def _page_token(actions: bool, path: Path | None) -> str:
 
 
 def _validate(paths: Sequence[Path]) -> int:
+    from agent.goals import load_goals  # noqa: PLC0415 - pydantic only where needed
+
     warnings: list[Problem] = []
     try:
         goals = load_goals(paths, warnings=warnings)
@@ -312,6 +315,7 @@ def _validate(paths: Sequence[Path]) -> int:
 
 def _polkit_rule(args: argparse.Namespace) -> int:
     from agent.adapters.systemd import polkit  # noqa: PLC0415
+    from agent.goals import load_goals  # noqa: PLC0415 - pydantic only where needed
 
     paths = _goal_paths(args)
     goals = load_goals(paths)
@@ -347,6 +351,8 @@ async def _load_state(state_dir: Path) -> State:
 
 
 async def _plan(args: argparse.Namespace) -> int:
+    from agent.goals import load_goals  # noqa: PLC0415 - pydantic only where needed
+
     goals = load_goals(_goal_paths(args))
     state = await _load_state(args.state_dir)
     now = time.time()
