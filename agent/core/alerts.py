@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from enum import StrEnum
+from functools import lru_cache
 
 from immutables import Map
 
@@ -66,7 +67,8 @@ def service_rules(draft: Draft, name: str, svc: ServiceState, now: float) -> Non
     service = draft.service_spec(name)
     spec = service.alerts
     quiet = svc.lifecycle == "Running" and not svc.gave_up
-    if quiet and len(svc.recent) < spec.thrash_transitions and not _any_for(draft, name):
+    held_any = _any_for(draft, name)
+    if quiet and len(svc.recent) < spec.thrash_transitions and not held_any:
         return
     held = now - svc.since
     thrash = 0
@@ -85,7 +87,7 @@ def service_rules(draft: Draft, name: str, svc: ServiceState, now: float) -> Non
         ("ServiceUnhealthy", unhealthy and svc.active in UP, "warning"),
     )  # fmt: skip
     for rule, active, severity in rules:
-        if active or fingerprint(rule, name) in draft.alerts:
+        if active or (held_any and fingerprint(rule, name) in draft.alerts):
             summary = _summary(rule, name, svc, held, thrash, spec.thrash_window)
             set_alert(draft, rule, name, active, severity, summary, now)
 
@@ -115,9 +117,14 @@ def any_for(draft: Draft, subject: str) -> bool:
 
 
 def _any_for(draft: Draft, subject: str) -> bool:
-    return bool(draft.alerts) and any(
-        fingerprint(r, subject) in draft.alerts for r in _SERVICE_RULES
-    )
+    alerts = draft.alerts
+    return bool(alerts) and any(key in alerts for key in _service_keys(subject))
+
+
+@lru_cache(maxsize=8192)
+def _service_keys(subject: str) -> tuple[str, ...]:
+    """The fingerprints of the built-in service alerts about `subject`."""
+    return tuple(fingerprint(r, subject) for r in _SERVICE_RULES)
 
 
 def domain_rule(draft: Draft, name: str, now: float) -> None:

@@ -17,6 +17,10 @@ T = TypeVar("T")
 class Draft:
     """Mutable only for the duration of one `step`; the input State is never modified."""
 
+    __slots__ = ("actions", "alerts", "base", "busy", "cluster", "domains", "goals", "groups",
+                 "index", "maintenance", "manager_started", "next_id", "pending", "probes",
+                 "services", "stopping", "wake")  # fmt: skip
+
     def __init__(self, state: State) -> None:
         self.base = state
         self.index = state.index
@@ -141,11 +145,10 @@ def unchanged(old: State, new: State) -> bool:
 
 def evolve(obj: T, **changes: object) -> T:
     """`dataclasses.replace` for frozen dataclasses without __post_init__, several times faster."""
-    fields = obj.__dataclass_fields__  # type: ignore[attr-defined]
-    if not changes.keys() <= fields.keys():
-        raise TypeError(
-            f"{type(obj).__name__} has no field {sorted(changes.keys() - fields.keys())}"
-        )
     new = object.__new__(type(obj))
-    new.__dict__.update(obj.__dict__, **changes)
+    fields = new.__dict__
+    fields.update(obj.__dict__, **changes)
+    if len(fields) != len(obj.__dict__):  # a name that is not a field was added
+        unknown = sorted(changes.keys() - obj.__dataclass_fields__.keys())  # type: ignore[attr-defined]
+        raise TypeError(f"{type(obj).__name__} has no field {unknown}")
     return new

@@ -7,6 +7,9 @@ from agent.core.inputs import ProbeResult
 from agent.core.spec import ProbeSpec
 from agent.core.state import ProbeState, State
 
+FRESH = ProbeState()
+"""A probe without a result yet."""
+
 
 def _in_grace(draft: Draft | State, owners: tuple[str, ...], spec: ProbeSpec, at: float) -> bool:
     """Failures within the start period of a service that just came up do not count."""
@@ -36,16 +39,13 @@ def apply(
 def steady(state: State, result: ProbeResult) -> bool:
     """True when `result` changes nothing at all: `step` may return the state as it is. Only
     for a probe no failover group times and no phase reads (those re-judge on every result)."""
-    spec = state.index.probes.get(result.probe)
-    if spec is None:
-        return True
-    name = result.probe
-    if name in state.index.probe_to_groups or name in state.index.probe_to_phased:
-        return False
-    owners = state.index.probe_to_services.get(name, ())
+    plain = state.index.plain_probes.get(result.probe)
+    if plain is None:
+        return result.probe not in state.index.probes
+    spec, owners = plain
     if not result.ok and _in_grace(state, owners, spec, result.at):
         return True
-    old = state.probes.get(name, ProbeState())
+    old = state.probes.get(result.probe, FRESH)
     return fold(old, result, spec, False) is old
 
 

@@ -15,7 +15,7 @@ from agent.core.lifecycle import (
     systemd_restarts,
 )
 from agent.core.spec import ServiceSpec
-from agent.core.state import Health, Lifecycle, ProbeState, ServiceState
+from agent.core.state import Health, Lifecycle, ProbeState, ServiceState, State
 
 DOWN = frozenset({"inactive", "failed"})
 OWN_RESTART_SLACK = 5.0
@@ -36,7 +36,7 @@ def health_of(draft: Draft, spec: ServiceSpec) -> Health:
     return "healthy" if all(verdicts) else "unknown"
 
 
-def _job_op(draft: Draft, svc: ServiceState) -> str | None:
+def _job_op(draft: Draft | State, svc: ServiceState) -> str | None:
     """The operation of the agent's job on this unit, while one is in flight; a restart whose
     stop has completed is a start from then on."""
     job = draft.pending.get(svc.job) if svc.job is not None else None
@@ -47,17 +47,28 @@ def _job_op(draft: Draft, svc: ServiceState) -> str | None:
 
 def refresh(draft: Draft, name: str, svc: ServiceState, at: float) -> ServiceState:
     """Re-derive the lifecycle from what is known and count the transition, if any."""
-    spec = draft.service_spec(name)
-    lifecycle, reason = derive(svc.active, svc.sub, svc.load, svc.health, _job_op(draft, svc))
+    lifecycle, reason = _derived(draft, name, svc)
+    if lifecycle != svc.lifecycle:
+        return _enter(draft, name, draft.service_spec(name), svc, lifecycle, reason, at)
+    return svc if _kept(svc, lifecycle, reason) else evolve(svc, reason=reason)
+
+
+def _kept(svc: ServiceState, lifecycle: Lifecycle, reason: str) -> bool:
+    """Whether `svc` already says what `_derived` found: refresh keeps it as it is."""
+    return lifecycle == svc.lifecycle and (reason == svc.reason or lifecycle != "Error")
+
+
+def _derived(view: Draft | State, name: str, svc: ServiceState) -> tuple[Lifecycle, str]:
+    """The lifecycle and reason `svc` reads as, with the agent's job and its probes."""
+    spec = view.index.services[name]
+    lifecycle, reason = derive(svc.active, svc.sub, svc.load, svc.health, _job_op(view, svc))
     if svc.gave_up and lifecycle in ("Stopped", "Error") and spec.desired == "running":
         lifecycle, reason = "Error", svc.reason or reason
     if lifecycle == "Error" and reason == "unhealthy":
-        reason = "unhealthy: " + _probe_detail(draft, spec)
+        reason = "unhealthy: " + _probe_detail(view, spec)
     elif lifecycle == "Error" and reason.startswith("unit failed") and svc.exit:
         reason = svc.exit if svc.exit.startswith("unit failed") else reason
-    if lifecycle == svc.lifecycle:
-        return svc if reason == svc.reason or lifecycle != "Error" else evolve(svc, reason=reason)
-    return _enter(draft, name, spec, svc, lifecycle, reason, at)
+    return lifecycle, reason
 
 
 def _recovering_from(old: Lifecycle, new: Lifecycle, reason: str) -> str:
@@ -67,7 +78,7 @@ def _recovering_from(old: Lifecycle, new: Lifecycle, reason: str) -> str:
     return reason if recovering else ""
 
 
-def _probe_detail(draft: Draft, spec: ServiceSpec) -> str:
+def _probe_detail(draft: Draft | State, spec: ServiceSpec) -> str:
     failing = [
         f"{p}: {draft.probes[p].detail}"
         for p in spec.probes
@@ -117,16 +128,55 @@ def _failures(
 
 
 def observe(draft: Draft, name: str, obs: UnitObserved, at: float) -> ServiceState:
-    """Apply systemd's view of the unit; a unit coming up starts its probes afresh.
-
-    A state entered is dated by systemd's clock when that is known and newer than what we
-    knew: after a restart of the agent, a unit failed for an hour has been in Error an hour.
-    """
+    """Apply systemd's view of the unit; a unit coming up starts its probes afresh."""
     svc = draft.services[name]
-    active, sub = obs.active, obs.sub
+    at = _dated(svc, obs, at)
+    health = svc.health
+    if _came_up(svc, obs):
+        for probe in draft.service_spec(name).probes:
+            if probe in draft.probes:
+                draft.set_probe(probe, ProbeState())
+        health = health_of(draft, draft.service_spec(name))
+    seen = _seen(svc, obs, at, health)
+    if seen != _known(svc):
+        svc = evolve(svc, **dict(zip(_SEEN, seen, strict=True)))
+    return refresh(draft, name, svc, at)
+
+
+def repeats(state: State, obs: UnitObserved) -> bool:
+    """True when `obs` says nothing new: `step` would change nothing (observe keeps the very
+    ServiceState, and refresh finds it says what it derives). Pure."""
+    name = state.index.unit_to_service.get(obs.unit)
+    if name is None:
+        return True
+    svc = state.services[name]
+    if _came_up(svc, obs):
+        return False
+    if _seen(svc, obs, _dated(svc, obs, obs.at), svc.health) != _known(svc):
+        return False
+    return _kept(svc, *_derived(state, name, svc))
+
+
+def _dated(svc: ServiceState, obs: UnitObserved, at: float) -> float:
+    """A state entered is dated by systemd's clock when that is known and newer than what we
+    knew: after a restart of the agent, a unit failed for an hour has been in Error an hour."""
     if 0 < obs.changed_at <= at and (svc.active == "unknown" or obs.changed_at > svc.since):
-        at = obs.changed_at
-    came_up = active in UP and (svc.active not in UP or _new_process(svc, obs))
+        return obs.changed_at
+    return at
+
+
+def _came_up(svc: ServiceState, obs: UnitObserved) -> bool:
+    return obs.active in UP and (svc.active not in UP or _new_process(svc, obs))
+
+
+_SEEN = ("active", "sub", "load", "health", "active_since", "exit", "main_pid", "stop_done",
+         "own_restart_until")  # fmt: skip
+"""What `observe` takes from systemd's view (a repeated view changes none of them)."""
+
+
+def _seen(svc: ServiceState, obs: UnitObserved, at: float, health: Health) -> tuple[object, ...]:
+    """The `_SEEN` fields after `obs` (dated `at`; `health` after any probes started afresh)."""
+    active, sub = obs.active, obs.sub
     went_down = active not in UP and (svc.active in UP or active == "failed")
     waiting = active in DOWN or sub == "auto-restart"  # then inactive/dead, then activating
     exit, own = svc.exit, svc.own_restart_until if waiting else 0.0
@@ -135,23 +185,14 @@ def observe(draft: Draft, name: str, obs: UnitObserved, at: float) -> ServiceSta
     if went_down:
         why = exit_reason(obs.result, obs.exit_code, obs.exit_status)
         exit = f"unit failed: {why}" if why else f"unit went {active}"
-    health = svc.health
-    if came_up:
-        for probe in draft.service_spec(name).probes:
-            if probe in draft.probes:
-                draft.set_probe(probe, ProbeState())
-        health = health_of(draft, draft.service_spec(name))
-    seen = (active, sub, obs.load, health, at if came_up else svc.active_since, exit,
-            obs.main_pid, svc.stop_done or _stop_done(svc, obs), own)  # fmt: skip
-    if seen != (svc.active, svc.sub, svc.load, svc.health, svc.active_since, svc.exit,
-                svc.main_pid, svc.stop_done, svc.own_restart_until):  # fmt: skip
-        svc = evolve(svc, **dict(zip(_SEEN, seen, strict=True)))
-    return refresh(draft, name, svc, at)
+    active_since = at if _came_up(svc, obs) else svc.active_since
+    stop_done = svc.stop_done or _stop_done(svc, obs)
+    return (active, sub, obs.load, health, active_since, exit, obs.main_pid, stop_done, own)
 
 
-_SEEN = ("active", "sub", "load", "health", "active_since", "exit", "main_pid", "stop_done",
-         "own_restart_until")  # fmt: skip
-"""What `observe` takes from systemd's view (a repeated view changes none of them)."""
+def _known(svc: ServiceState) -> tuple[object, ...]:
+    return (svc.active, svc.sub, svc.load, svc.health, svc.active_since, svc.exit,
+            svc.main_pid, svc.stop_done, svc.own_restart_until)  # fmt: skip
 
 
 def _stop_done(svc: ServiceState, obs: UnitObserved) -> bool:
@@ -205,7 +246,7 @@ def reconcile(draft: Draft, name: str, now: float) -> None:
     if op != "stop" and not _deps_running(draft, spec):
         return
     policy = spec.restart
-    restarts = tuple(t for t in svc.restarts if t > now - policy.window)
+    restarts = _within(svc.restarts, now - policy.window)
     if op != "stop" and len(restarts) >= policy.limit:
         limit = f"restart limit reached: {len(restarts)} in {policy.window:g}s"
         _give_up(draft, name, svc, f"{_cause(draft, spec, svc)}; {limit}".lstrip("; "), now)
@@ -227,6 +268,13 @@ def reconcile(draft: Draft, name: str, now: float) -> None:
         killed=False,
     )
     draft.set_service(name, refresh(draft, name, svc, now))
+
+
+def _within(times: tuple[float, ...], horizon: float) -> tuple[float, ...]:
+    """The times after `horizon`, in order (the very tuple when all are)."""
+    if not times or min(times) > horizon:
+        return times
+    return tuple(t for t in times if t > horizon)
 
 
 def follow(draft: Draft, dep: str, before: ServiceState, now: float) -> None:

@@ -179,6 +179,9 @@ class Index:
     dependants: Map[str, tuple[str, ...]] = field(default_factory=Map)
     probe_to_phased: Map[str, tuple[str, ...]] = field(default_factory=Map)
     """Probe -> the services whose phases read it."""
+    plain_probes: Map[str, tuple[ProbeSpec, tuple[str, ...]]] = field(default_factory=Map)
+    """Probe -> its spec and owners, for the probes no failover group times and no phase
+    reads: a result that changes nothing of such a probe changes nothing at all."""
 
 
 @dataclass(frozen=True)

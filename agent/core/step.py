@@ -43,6 +43,8 @@ def step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
     """Apply one input. Pure."""
     if type(inp) is ProbeResult and probes.steady(state, inp):
         return state, ()  # most of what a fleet at rest sends: a check confirming what is known
+    if type(inp) is UnitObserved and services.repeats(state, inp):
+        return state, ()  # a resync, or a signal for properties the agent does not read
     draft = Draft(state)
     match inp:
         case UnitObserved():
@@ -271,7 +273,10 @@ def build_index(goals: GoalSet) -> Index:
         for _, checks in judged:
             for probe in checks:
                 probe_groups.setdefault(probe, []).append(group)
+    plain = {p.name: (p, tuple(probe_owners.get(p.name, ()))) for p in goals.probes
+             if p.name not in probe_groups and p.name not in phased}  # fmt: skip
     return Index(
+        plain_probes=Map(plain),
         groups=Map({g.name: g for g in goals.groups}),
         members=Map(members),
         probe_to_groups=Map({k: tuple(dict.fromkeys(v)) for k, v in probe_groups.items()}),
