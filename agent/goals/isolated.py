@@ -35,6 +35,8 @@ from agent.errors import ConfigError, JournalCorrupt, Problem, SetpointError
 CHILD_MODULE = "agent.cli.goalloader"
 TIMEOUT = 60.0
 """How long the child may take (it needs well under a second for the goal sets of a host)."""
+MAX_ANSWER = 64 << 20
+"""Bytes of answer read at most (a goal set is far smaller): a runaway child is killed."""
 OK = b"setpoint-goals ok"
 INVALID = b"setpoint-goals invalid"
 _TAIL_LINES = 5
@@ -70,20 +72,49 @@ async def load_isolated(
         )
     except OSError as err:
         raise LoaderFailed(f"cannot start the goal loader {argv[0]}: {err}") from None
+    assert proc.stdout is not None and proc.stderr is not None
     try:
         async with asyncio.timeout(timeout):
-            out, errors = await proc.communicate()
+            out, errors, status = await asyncio.gather(
+                _read(proc, proc.stdout, MAX_ANSWER), _tail_of(proc.stderr), proc.wait()
+            )
     except TimeoutError:
         raise LoaderFailed(
             f"the goal loader gave no answer within {timeout:g}s (killed it)"
         ) from None
     finally:
         if proc.returncode is None:  # timed out, or the caller was cancelled
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            _kill(proc)
             await proc.wait()
-    assert proc.returncode is not None
-    return answer(proc.returncode, out, errors, decode)
+    if out is None:
+        raise LoaderFailed(f"the goal loader wrote more than {MAX_ANSWER} bytes (killed it)")
+    return answer(status, out, errors, decode)
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
+async def _read(
+    proc: asyncio.subprocess.Process, stream: asyncio.StreamReader, limit: int
+) -> bytes | None:
+    """All of `stream`; None (and the child killed) past `limit` bytes."""
+    data = bytearray()
+    while chunk := await stream.read(1 << 16):
+        data += chunk
+        if len(data) > limit:
+            _kill(proc)
+            return None
+    return bytes(data)
+
+
+async def _tail_of(stream: asyncio.StreamReader) -> bytes:
+    """The end of `stream`, read to its end (a chatty child never blocks on a full pipe)."""
+    tail = b""
+    while chunk := await stream.read(1 << 16):
+        tail = (tail + chunk)[-_TAIL_CHARS * 4 :]
+    return tail
 
 
 def answer(status: int, out: bytes, err: bytes, decode: Callable[[bytes], object]) -> GoalSet:

@@ -17,6 +17,7 @@ import pytest
 from agent.core.inputs import Tick
 from agent.core.spec import GoalSet
 from agent.errors import ConfigError
+from agent.goals import isolated as isolated_module
 from agent.goals import load_goals
 from agent.goals.isolated import INVALID, OK, LoaderFailed, child_main, load_isolated
 from agent.journal import codec
@@ -124,6 +125,24 @@ async def test_an_encoded_value_that_is_not_a_goal_set_is_refused() -> None:
 async def test_a_child_that_cannot_start_is_a_clear_failure(tmp_path: Path) -> None:
     with pytest.raises(LoaderFailed, match="cannot start the goal loader"):
         await isolated([CONFIG], program=(str(tmp_path / "no-python"),))
+
+
+async def test_a_runaway_answer_is_cut_off_and_its_child_killed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(isolated_module, "MAX_ANSWER", 100_000)
+    code = "import sys, time; print('x' * 1_000_000, flush=True); time.sleep(60)"
+    with pytest.raises(LoaderFailed, match=r"wrote more than 100000 bytes \(killed it\)"):
+        await isolated([CONFIG], program=child(code), timeout=30)
+
+
+async def test_a_chatty_child_still_answers() -> None:
+    code = (
+        "import runpy, sys; sys.stderr.write('chatter ' * 1_000_000); "
+        "runpy.run_module('agent.cli.goalloader', run_name='__main__')"
+    )
+    goals = await isolated([CONFIG / "demo.yaml"], program=child(code))
+    assert goals == await asyncio.to_thread(load_goals, [CONFIG / "demo.yaml"])
 
 
 def pid_file_child(pid: Path) -> tuple[str, ...]:
