@@ -4,16 +4,21 @@
 result flips its probe's health, is stepped and journaled (about 500 results/s; goal <= 150 µs
 of CPU per result above what a result that changes nothing costs). The same 50 probes against
 paths that always answer 200 are the baseline; the difference is the cost of a health change
-(step, journal commit with its fsync, metrics). Then one more flapping run under cProfile
-(main thread, CPU time) prints the functions that take the time; log lines are
-formatted and written to /dev/null; and /proc splits the CPU by thread
-(the event loop versus SQLite's worker thread). The agent runs in-process (bus none).
+(step, journal commit with its fsync, metrics). Under such a storm, batches of observations
+share commits (agent.runtime.loop.COMMIT_DELAY); the same flapping run with commits not shared
+(commit_delay 0) is measured for the ratio. One more flapping run times the runtime's phases
+(CPU of the event loop's thread, from timers around them), and one under cProfile prints the
+functions that take the time (cProfile inflates small calls: its figures are only for finding
+them). Log lines are formatted and written to /dev/null; /proc splits the CPU by thread (the
+event loop versus SQLite's worker thread). The agent runs in-process (bus none).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import cProfile
+import functools
 import io
 import logging
 import os
@@ -21,10 +26,15 @@ import pstats
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from agent.app import Daemon, Options
 from agent.core.inputs import Input, ProbeResult
+from agent.journal import codec
+from agent.journal.store import Journal
+from agent.runtime import loop
 from bench.peers.checks_bench import target_server
 
 PROBES = 50
@@ -59,7 +69,8 @@ def prepare(work: Path, text: str) -> Path:
     return work
 
 
-async def run(work: Path, profile: cProfile.Profile | None) -> dict[str, float]:
+async def run(work: Path, profile: cProfile.Profile | None, delay: float | None = None,
+              ) -> dict[str, float]:  # fmt: skip
     daemon = Daemon(Options(goals=(work / "goals.yaml",), state_dir=work / "state", bus="none",
                             http_port=0))  # fmt: skip
     task = asyncio.create_task(daemon.serve())
@@ -67,6 +78,8 @@ async def run(work: Path, profile: cProfile.Profile | None) -> dict[str, float]:
         if task.done():
             await task
         await asyncio.sleep(0.01)
+    if delay is not None:
+        daemon.runtime._commit_delay = delay
     results = [0]
 
     def tap(inp: Input) -> None:
@@ -75,37 +88,59 @@ async def run(work: Path, profile: cProfile.Profile | None) -> dict[str, float]:
 
     daemon.runtime.tap = tap
     await asyncio.sleep(2)
+    stats = daemon.runtime.stats
     before, cpu0, count0 = thread_cpu(), time.process_time(), results[0]
+    batches0 = stats.batches
     if profile is not None:
         profile.enable()
     await asyncio.sleep(WINDOW)
     if profile is not None:
         profile.disable()
     after, cpu, count = thread_cpu(), time.process_time() - cpu0, results[0] - count0
+    batches = stats.batches - batches0
     daemon.request_stop()
     await task
     split = {name: after[name] - before.get(name, 0.0) for name in after}
-    return {"per_result_us": cpu / count * 1e6, "rate": count / WINDOW, **split}
+    return {"per_result_us": cpu / count * 1e6, "rate": count / WINDOW, "all": results[0],
+            "commits": batches / WINDOW, **split}  # fmt: skip
 
 
-PHASES = {
-    "journal rows (encode input, actions)": ("store.py", "_rows"),
-    "state digest per commit": ("codec.py", "digest"),
-    "step": ("step.py", "step"),
-    "log lines": ("__init__.py", "_log"),
-    "probe HTTP round trip": ("probes.py", "_probe"),
+PHASES: dict[str, tuple[Any, str]] = {
+    "step": (loop.Runtime, "_step"),
+    "journal rows": (Journal, "_rows"),
+    "of which the state digest": (codec, "digest"),
+    "acting (log lines)": (loop.Runtime, "_act"),
 }
 
 
-def phases(profile: cProfile.Profile, per_result_us: float) -> str:
-    """Each phase's share of the profiled loop time, as µs of one result's measured CPU."""
-    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
-    total = max(ct for (_, _, _, ct, _) in stats.values())
-    found = []
-    for label, (file, func) in PHASES.items():
-        ct = sum(v[3] for (f, _, name), v in stats.items() if f.endswith(file) and name == func)
-        found.append(f"{label} {ct / total * per_result_us:.0f} µs")
-    return ", ".join(found)
+@contextlib.contextmanager
+def timed(spent: dict[str, float]) -> Iterator[None]:
+    """Add each phase's thread CPU time to `spent` while inside."""
+    saved = {label: getattr(owner, name) for label, (owner, name) in PHASES.items()}
+
+    def timer(label: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.thread_time() - started
+
+        return timed_call
+
+    for label, (owner, name) in PHASES.items():
+        setattr(owner, name, timer(label, saved[label]))
+    try:
+        yield
+    finally:
+        for label, (owner, name) in PHASES.items():
+            setattr(owner, name, saved[label])
+
+
+def phases(spent: dict[str, float], results: float) -> str:
+    """Each phase's CPU per result (over the whole run, warm-up included)."""
+    return ", ".join(f"{label} {spent.get(label, 0.0) / results * 1e6:.0f} µs" for label in PHASES)
 
 
 def top(profile: cProfile.Profile, key: str, lines: int) -> str:
@@ -126,23 +161,32 @@ def measure() -> None:
     with target_server() as port, tempfile.TemporaryDirectory() as tmp:
         steady = asyncio.run(run(prepare(Path(tmp) / "steady", goals(port, "steady")), None))
         flapping = asyncio.run(run(prepare(Path(tmp) / "flap", goals(port, "flap")), None))
+        unshared = asyncio.run(run(prepare(Path(tmp) / "unshared", goals(port, "flap")), None, 0.0))
+        spent: dict[str, float] = {}
+        with timed(spent):
+            timing = asyncio.run(run(prepare(Path(tmp) / "timed", goals(port, "flap")), None))
         profile = cProfile.Profile(time.thread_time)  # CPU, not wall time (preemption)
         profiled = asyncio.run(run(prepare(Path(tmp) / "profiled", goals(port, "flap")), profile))
     cost = flapping["per_result_us"] - steady["per_result_us"]
+    alone = unshared["per_result_us"] - steady["per_result_us"]
     print(
         f"flapping: {PROBES} probes at 100 ms, every result a health change: "
         f"{flapping['per_result_us']:.0f} µs CPU per result at {flapping['rate']:.0f}/s; "
         f"steady (no change): {steady['per_result_us']:.0f} µs at {steady['rate']:.0f}/s; "
         f"a journaled health change costs {cost:.0f} µs more (goal <= 150 µs per result)"
     )
+    print(
+        f"  commits shared: {flapping['commits']:.0f} commits/s; each batch its own commit "
+        f"(commit_delay 0): {unshared['commits']:.0f} commits/s, {alone:.0f} µs more per "
+        f"result ({alone / cost:.1f}x)"
+    )
     threads = ", ".join(
         f"{name} {sec / WINDOW * 100:.1f}%"
         for name, sec in flapping.items()
-        if name not in ("per_result_us", "rate") and sec > 0
+        if name not in ("per_result_us", "rate", "all", "commits") and sec > 0
     )
     print(f"  flapping CPU by thread (% of a core): {threads}")
-    loop_us = flapping["event loop"] / WINDOW / flapping["rate"] * 1e6
-    print(f"  of one result's event-loop CPU ({loop_us:.0f} µs): {phases(profile, loop_us)}")
+    print(f"  phases, CPU per result: {phases(spent, timing['all'])}")
     print(f"  where the event loop's time goes (cProfile, {profiled['rate']:.0f} results/s):")
     print(top(profile, "tottime", 18))
     print("  by cumulative time:")

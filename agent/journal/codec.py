@@ -39,8 +39,7 @@ from agent.errors import JournalCorrupt
 CORE_MODULES: tuple[ModuleType, ...] = (spec, inputs, actions, state)
 _GENERATION = 20_000
 _GENERATION_BYTES = 2 << 20
-"""Bounds on one cache generation: a young generation of whole-state texts (one per commit)
-would otherwise keep every recent state alive."""
+"""Least bounds on one cache generation (see _Cache)."""
 _BIG = 256 * 1024
 _MISSING = object()
 _esc: Callable[[str], str] = json.encoder.encode_basestring_ascii
@@ -62,8 +61,12 @@ def registry() -> dict[str, type]:
 
 def encode(obj: Any) -> bytes:
     """Canonical compact JSON of a core value."""
-    with _gc_paused(type(obj) is state.State):
+    if type(obj) is not state.State:
         return _enc(obj).encode("ascii")
+    with _gc_paused(True):
+        text = _enc(obj)
+    _cache.mark(text)
+    return text.encode("ascii")
 
 
 def decode(data: bytes | str) -> Any:
@@ -110,14 +113,22 @@ def _gc_paused(pause: bool) -> Iterator[None]:
 
 
 class _Cache:
-    """Two generations of id -> (object, text); a hit in the old one moves to the young one."""
+    """Two generations of id -> (object, text); a hit in the old one moves to the young one.
+
+    A generation is bounded (else the texts of every recent state stay alive), but never below
+    twice what one encoding visits: a smaller bound evicts, within one encoding, texts the next
+    one needs again, and a 10,000-service state is then encoded afresh at every commit. State
+    texts are not kept at all: a new State is encoded once (per commit)."""
 
     def __init__(self) -> None:
         self.young: dict[int, tuple[object, str]] = {}
         self.old: dict[int, tuple[object, str]] = {}
         self.size = 0
+        self.visits = 0  # gets since the last mark
+        self.limits = (_GENERATION, _GENERATION_BYTES)
 
     def get(self, obj: object) -> str | None:
+        self.visits += 1
         key = id(obj)
         hit = self.young.get(key)
         if hit is None:
@@ -128,10 +139,16 @@ class _Cache:
         return hit[1] if hit[0] is obj else None
 
     def put(self, obj: object, text: str) -> None:
-        if len(self.young) >= _GENERATION or self.size >= _GENERATION_BYTES:
+        if len(self.young) >= self.limits[0] or self.size >= self.limits[1]:
             self.old, self.young, self.size = self.young, {}, 0
         self.young[id(obj)] = (obj, text)
         self.size += len(text)
+
+    def mark(self, text: str) -> None:
+        """After encoding a whole State (`text`): keep at least twice what it visited (texts
+        moved up count again, so four times its bytes)."""
+        self.limits = (max(_GENERATION, 2 * self.visits), max(_GENERATION_BYTES, 4 * len(text)))
+        self.visits = 0
 
 
 _cache = _Cache()
@@ -218,7 +235,8 @@ def _dataclass(obj: Any) -> str:
             continue
         parts.append(f.key + _ENCODERS.get(type(value), _other)(value))
     text = ",".join(parts) + "}"
-    _cache.put(obj, text)
+    if type(obj) is not state.State:
+        _cache.put(obj, text)
     return text
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from agent.core import LOGIC
 from agent.core.actions import Action
@@ -87,7 +87,7 @@ class Journal:
         readonly: bool = False,
         step: StepFn | None = None,
         logic: int = LOGIC,
-    ) -> Journal:
+    ) -> Self:
         """Open (creating if need be, unless readonly) `state_dir/journal.db`.
 
         `step` and `logic` stand in for the core's (tests); see agent.core.LOGIC.

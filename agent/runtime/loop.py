@@ -1,7 +1,9 @@
 """Runtime: The runtime: a dumb loop. Take inputs in order, step, commit, then dispatch.
 
 Inputs that arrive together are stepped as one batch and committed in one transaction
-(group commit: one fsync per batch). No effect starts before the batch that created it is
+(group commit: one fsync per batch). Under a storm of observations that start nothing (probe
+results, unit states, ticks), batches are held up to `commit_delay` after the previous commit
+and go in together (see `Held`). No effect starts before the batch that created it is
 durable, except unit jobs, which start while it commits (see `_dispatch_ahead`). On start,
 `restore(state)` re-emits every pending tracked action. When the journal cannot write, the
 loop goes on in degraded mode (degraded.py) instead of stopping.
@@ -13,12 +15,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.core.actions import Action, Log, Resync, TrackedAction, UnitJob, is_tracked
 from agent.core.draft import unchanged
-from agent.core.inputs import ActionCompleted, Input, Tick, input_time
+from agent.core.inputs import ActionCompleted, Input, ProbeResult, Tick, UnitObserved, input_time
 from agent.core.state import State
 from agent.core.step import completes, restore, step
 from agent.errors import JournalError
@@ -30,6 +32,11 @@ log = logging.getLogger("setpoint.runtime")
 RECHECK_MAX = 2.0
 """Seconds between two tries of a journal that cannot write (degraded mode)."""
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+COMMIT_DELAY = 0.02
+"""Seconds a batch of observations that starts nothing may wait after the previous commit, to
+share the next one. Only such batches wait, and only under load: what it risks is at most
+this much of observations, which the agent makes again after a crash."""
+OBSERVATIONS = (ProbeResult, UnitObserved, Tick)
 
 
 Gate = Callable[[State, State, Sequence[Action]], Awaitable[Sequence[Action]]]
@@ -48,6 +55,22 @@ class Observer(Protocol):
     def retried(self, lane: str) -> None: ...
 
     def projection_failed(self, name: str) -> None: ...
+
+
+@dataclass
+class Held:
+    """Batches stepped and not yet committed: what one commit will store and then act on."""
+
+    before: State
+    state: State
+    urgent: bool = False
+    """Something in them is not an observation, or starts an effect: commit at once."""
+    due: float | None = None
+    """When they must be committed at the latest (the event loop's clock)."""
+    inputs: int = 0
+    stepping: float = 0.0
+    entries: list[Entry] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
 
 
 @dataclass
@@ -70,6 +93,7 @@ class Runtime:
         clock: Callable[[], float] = time.time,
         on_resync: Callable[[], None] = lambda: None,
         batch_max: int = 1024,
+        commit_delay: float = COMMIT_DELAY,
         metrics: Observer | None = None,
     ) -> None:
         self.journal = journal
@@ -80,6 +104,9 @@ class Runtime:
         self.stats = Stats()
         self._on_resync = on_resync
         self._batch_max = batch_max
+        self._commit_delay = commit_delay
+        self._held: Held | None = None
+        self._committed_at = -commit_delay
         self._changed = asyncio.Condition()
         self.metrics = metrics
         self.tap: Callable[[Input], None] | None = None
@@ -117,16 +144,23 @@ class Runtime:
         """Process batches until `stop`; never stops half-way through a commit."""
         while True:
             batch = await self._next_batch()
-            stopping = batch[-1] is None
-            await self.process([i for i in batch if i is not None])
+            stopping = bool(batch) and batch[-1] is None
+            self._step([i for i in batch if i is not None])
+            if stopping or not self._may_wait():
+                await self._flush()
             if stopping:
                 return
 
     async def _next_batch(self) -> list[Input | None]:
-        """What is queued now, up to the batch limit, ending early at a stop marker. Only the
-        newest Tick of a batch is kept: the batch is stepped at once, and ticks that backed up
-        behind a slow commit only say that time passed."""
-        batch = [await self.mailbox.get()]
+        """What is queued now, up to the batch limit, ending early at a stop marker; [] when
+        held batches fall due first. Only the newest Tick of a batch is kept: the batch is
+        stepped at once, and ticks that backed up behind a slow commit only say that time
+        passed."""
+        try:
+            async with asyncio.timeout_at(self._held.due if self._held else None):
+                batch = [await self.mailbox.get()]
+        except TimeoutError:
+            return []
         while batch[-1] is not None and len(batch) < self._batch_max and not self.mailbox.empty():
             batch.append(self.mailbox.get_nowait())
         ticks = [i for i, inp in enumerate(batch) if isinstance(inp, Tick)]
@@ -136,29 +170,60 @@ class Runtime:
         return batch
 
     async def process(self, batch: Sequence[Input]) -> None:
-        """Step a batch, commit it durably, then act on what it produced."""
+        """Step a batch, commit it durably (with any held before it), then act on it."""
+        self._step(batch)
+        await self._flush()
+
+    def _step(self, batch: Sequence[Input]) -> None:
+        """Step a batch onto what is held (or the committed state) and hold the result."""
         started = time.perf_counter()
-        state = self.state
-        entries: list[Entry] = []
-        actions: list[Action] = []
+        held = self._held or Held(self.state, self.state)
+        state = held.state
         for inp in batch:
             new, out = step(state, inp)
             if not out and unchanged(state, new):
                 state = new  # at most its busy set moved: nothing to journal
                 continue
-            entries.append(Entry(input_time(inp), inp, out, self._completed(state, inp)))
+            held.entries.append(Entry(input_time(inp), inp, out, self._completed(state, inp)))
+            held.urgent = (
+                held.urgent or not isinstance(inp, OBSERVATIONS) or any(map(is_tracked, out))
+            )
             state = new
-            actions.extend(out)
-        stepped = time.perf_counter()
-        ahead = self._dispatch_ahead(actions)
-        await self._commit(entries, state)
-        self._account(len(batch), len(entries), stepped - started, time.perf_counter() - stepped)
-        before, self.state = self.state, state
+            held.actions.extend(out)
+        held.state, held.inputs = state, held.inputs + len(batch)
+        held.stepping += time.perf_counter() - started
+        self._held = held
+
+    def _may_wait(self) -> bool:
+        """Whether what is held may wait for more (see COMMIT_DELAY); sets when until."""
+        held = self._held
+        if held is None or not held.entries or held.urgent or len(held.entries) >= self._batch_max:
+            return False
+        due = self._committed_at + self._commit_delay
+        if due <= asyncio.get_running_loop().time():
+            return False  # no commit lately: nothing to share one with
+        held.due = due
+        return True
+
+    async def _flush(self) -> None:
+        """Commit what is held, then act on it."""
+        held, self._held = self._held, None
+        if held is None:
+            held = Held(self.state, self.state)
+        started = time.perf_counter()
+        ahead = self._dispatch_ahead(held.actions)
+        await self._commit(held.entries, held.state)
+        if held.entries:
+            self._committed_at = asyncio.get_running_loop().time()
+        commit = time.perf_counter() - started
+        self._account(held.inputs, len(held.entries), held.stepping, commit)
+        self.state = held.state
+        actions: Sequence[Action] = held.actions
         if self.gate is not None:
-            actions = list(await self.gate(before, state, actions))
+            actions = list(await self.gate(held.before, held.state, actions))
         self._act(actions, ahead)
-        if entries:
-            self._project(state)
+        if held.entries:
+            self._project(held.state)
         async with self._changed:
             self._changed.notify_all()
 
