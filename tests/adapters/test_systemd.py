@@ -505,3 +505,63 @@ async def test_a_queued_shutdown_is_reported_and_refuses_new_jobs(
     with pytest.raises(PermanentError, match="shutting down"):
         await ad.run_job(unit, "start", timeout=5)
     assert await ad.run_job(unit, "stop", timeout=5) == "done"  # stopping stays possible
+
+
+@pytest.fixture
+async def fast_resync(
+    systemd_user: SystemdUser,
+) -> AsyncIterator[tuple[SystemdAdapter, ObservationRecorder]]:
+    """An adapter whose periodic (light) resync runs every 0.2 s."""
+    rec = ObservationRecorder()
+    ad = SystemdAdapter(rec, bus="user", bus_address=systemd_user.bus_address,
+                        resync_interval=0.2)  # fmt: skip
+    task = asyncio.create_task(ad.run(), name="systemd-adapter")
+    await asyncio.wait_for(ad.wait_ready(), 10)
+    yield ad, rec
+    await ad.close()
+    await asyncio.wait_for(task, 5)
+
+
+def lose_signals(ad: SystemdAdapter) -> Callable[[], None]:
+    """Drop every PropertiesChanged from now on, as a full bus queue would; the undo."""
+    ad._on_properties = lambda path, body: None  # type: ignore[method-assign]
+    return lambda: delattr(ad, "_on_properties")
+
+
+@pytest.mark.systemd
+async def test_the_periodic_resync_repairs_a_lost_state_change(
+    systemd_user: SystemdUser, fast_resync: tuple[SystemdAdapter, ObservationRecorder]
+) -> None:
+    ad, rec = fast_resync
+    unit = await asyncio.to_thread(new_unit, systemd_user, "lost")
+    ad.watch([unit])
+    await ctl(systemd_user, "start", unit)
+    await rec.wait(unit, active("active", "running"))
+    undo = lose_signals(ad)
+    mark = rec.mark()
+    await ctl(systemd_user, "stop", unit)  # its signals are lost; the row says inactive
+    down = await rec.wait(unit, active("inactive", "dead"), since=mark)
+    assert down.main_pid == 0
+    undo()
+
+
+@pytest.mark.systemd
+async def test_the_periodic_resync_repairs_a_lost_restart_back_to_the_same_state(
+    systemd_user: SystemdUser, fast_resync: tuple[SystemdAdapter, ObservationRecorder]
+) -> None:
+    """systemd restarted the unit on its own and every signal of it was lost: the row reads
+    active/running as before; the moved state-change timestamp gives the restart away."""
+    ad, rec = fast_resync
+    text = "[Service]\nExecStart=/bin/sleep infinity\nRestart=always\nRestartSec=100ms\n"
+    unit = await asyncio.to_thread(new_unit, systemd_user, "lost-restart", text)
+    ad.watch([unit])
+    await ctl(systemd_user, "start", unit)
+    up = await rec.wait(unit, active("active", "running"))
+    undo = lose_signals(ad)
+    mark = rec.mark()
+    os.kill(up.main_pid, signal.SIGKILL)
+    again = await rec.wait(unit, lambda o: o.n_restarts == 1, since=mark, timeout=30)
+    assert (again.active, again.sub) == ("active", "running")
+    assert again.main_pid not in (0, up.main_pid)
+    undo()
+    await ctl(systemd_user, "stop", unit)

@@ -190,3 +190,16 @@ def test_a_reply_older_than_a_signal_keeps_the_signal() -> None:
     assert out.refresh == ["a.service"]  # ...so the unit is fetched
     seen = cache.fetched("a.service", old, began, force=False)
     assert seen is not None and (seen.active, seen.sub, seen.main_pid) == ("failed", "failed", 2)
+
+
+def test_a_row_is_unchanged_only_for_a_unit_known_in_full_in_that_state() -> None:
+    cache = UnitCache()
+    cache.watch(["a.service"], path_of)
+    assert not cache.unchanged("a.service", "loaded", "active", "running")  # never seen
+    cache.signal(path_of("a.service"), False, {"ActiveState": "active", "SubState": "running"}, ())
+    assert not cache.unchanged("a.service", "loaded", "active", "running")  # LoadState unknown
+    full = Seen(active="active", sub="running", load="loaded", main_pid=7)
+    cache.fetched("a.service", full, cache.seq, force=False)
+    assert cache.unchanged("a.service", "loaded", "active", "running")
+    assert not cache.unchanged("a.service", "loaded", "active", "exited")
+    assert not cache.unchanged("a.service", "masked", "active", "running")

@@ -119,6 +119,15 @@ class UnitCache:
         self.seen[name] = state if seen is None else seen.rebase(state, began)
         return self.publish(name, force=force)
 
+    def unchanged(self, name: str, load: str, active: str, sub: str) -> bool:
+        """A resync row that tells nothing new: the unit is known in full, in that state."""
+        seen = self.seen.get(name)
+        return (
+            seen is not None
+            and seen.key() is not None
+            and (seen.load, seen.active, seen.sub) == (load, active, sub)
+        )
+
     def unusable(self, name: str, *, force: bool) -> tuple[bool, Seen | None]:
         """systemd refuses the name: it reads as not found. (first time?, what to publish)"""
         first = name not in self.seen
