@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
-from agent.core.actions import UnitJob
+from agent.core.actions import Action, UnitJob
 from agent.core.inputs import ActionCompleted, GoalsLoaded, Input, ProbeResult, Tick, UnitObserved
 from agent.core.spec import GoalSet
 from agent.core.state import State
@@ -36,6 +37,7 @@ from tests.corekit import http_probe, policy, routing_domain, service
 SERVICES = 1000
 DOMAINS = 100
 TARGET = 100_000
+Step = Callable[[State, Input], tuple[State, tuple[Action, ...]]]
 
 
 def goals() -> GoalSet:
@@ -114,33 +116,33 @@ def _loaded(at_rest: bool) -> State:
     return state
 
 
-def churn() -> dict[str, float]:
+def churn(n: int = 200_000, stepper: Step = step) -> dict[str, float]:
     """Every input a change; a job's result comes back at once, dated 0 as this bench always
     did (so the agent reconsiders the unit at its next observation, not in the same breath)."""
     state = _loaded(at_rest=False)
-    inputs = workload(200_000)
+    inputs = workload(n)
     started = time.process_time()
     jobs = 0
     for inp in inputs:
-        state, actions = step(state, inp)
+        state, actions = stepper(state, inp)
         for action in actions:
             if isinstance(action, UnitJob):
-                state, _ = step(state, ActionCompleted(action.id, True, 0.0))
+                state, _ = stepper(state, ActionCompleted(action.id, True, 0.0))
                 jobs += 1
     return _figures(len(inputs) + jobs, time.process_time() - started, jobs)
 
 
-def rest() -> dict[str, float]:
+def rest(n: int = 200_000, stepper: Step = step) -> dict[str, float]:
     """A fleet at rest; a start job's result comes back once its unit is seen active."""
     state = _loaded(at_rest=True)
-    inputs = resting(200_000)
+    inputs = resting(n)
     started = time.process_time()
     jobs: dict[str, int] = {}  # unit -> its job in flight
     done = 0
     for inp in inputs:
-        state, actions = step(state, inp)
+        state, actions = stepper(state, inp)
         if isinstance(inp, UnitObserved) and inp.active == "active" and inp.unit in jobs:
-            state, more = step(state, ActionCompleted(jobs.pop(inp.unit), True, inp.at))
+            state, more = stepper(state, ActionCompleted(jobs.pop(inp.unit), True, inp.at))
             actions += more
             done += 1
         jobs.update((a.unit, a.id) for a in actions if isinstance(a, UnitJob))

@@ -4,7 +4,8 @@
     restore(state)     -> pending tracked actions, to re-emit after a crash
 
 `step` returns the very same State object when an input changes nothing, so the runtime can
-skip journaling it.
+skip journaling it. Most of what a fleet at rest sends changes nothing (a probe confirming its
+verdict, a unit observed as it was known): `step` finds that out before it makes a Draft.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
         return state, ()  # most of what a fleet at rest sends: a check confirming what is known
     if type(inp) is UnitObserved and services.repeats(state, inp):
         return state, ()  # a resync, or a signal for properties the agent does not read
+    return full_step(state, inp)
+
+
+def full_step(state: State, inp: Input) -> tuple[State, tuple[Action, ...]]:
+    """`step` without its shortcuts for inputs that change nothing: every input goes through
+    a Draft. Pure; tests check that both decide the same (tests/core/test_shortcuts.py)."""
     draft = Draft(state)
     match inp:
         case UnitObserved():

@@ -3,8 +3,8 @@
 After every step: each tracked action is pending or completed exactly once; restore(state)
 emits exactly the pending set; a replica fed the journaled (encoded, decoded) inputs holds an
 equal state; a domain that emits effects is broken; no unit has two jobs in flight; an eager
-twin whose Ticks visit every service (not only the busy ones whose deadline came, see
-core/due.py) decides the same.
+twin that takes none of step's shortcuts (full_step) and whose Ticks visit every service (not
+only the busy ones whose deadline came, see core/due.py) decides the same.
 Same seed, same run: a failure prints the seed and step to reproduce it.
 """
 
@@ -31,7 +31,7 @@ from agent.core.inputs import (
 )
 from agent.core.spec import AlertSink, DomainSpec, Effect, GoalSet, StateVar, Transition
 from agent.core.state import State
-from agent.core.step import restore, step
+from agent.core.step import full_step, restore, step
 from agent.journal import codec
 from tests.corekit import http_probe, policy, routing_domain, service
 
@@ -179,9 +179,9 @@ def simulate(seed: int, steps: int) -> World:
         try:
             world.state, actions = step(before, inp)
             world.replica, _ = step(world.replica, codec.decode(codec.encode(inp)))
-            world.eager, eager = step(_all_busy(world.eager) if isinstance(inp, Tick)
-                                      else world.eager, inp)  # fmt: skip
-            assert eager == actions, "skipping idle services changed what a Tick decided"
+            world.eager, eager = full_step(_all_busy(world.eager) if isinstance(inp, Tick)
+                                           else world.eager, inp)  # fmt: skip
+            assert eager == actions, "step's shortcuts changed what was decided"
             assert world.eager == world.state
             new = [a for a in actions if is_tracked(a)]
             world.outstanding.update((a.id, a) for a in new)
