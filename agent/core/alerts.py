@@ -87,7 +87,7 @@ def service_rules(draft: Draft, name: str, svc: ServiceState, now: float) -> Non
         ("ServiceUnhealthy", unhealthy and svc.active in UP, "warning"),
     )  # fmt: skip
     for rule, active, severity in rules:
-        if active or (held_any and fingerprint(rule, name) in draft.alerts):
+        if (active or held_any) and news(draft, fingerprint(rule, name), active):
             summary = _summary(rule, name, svc, held, thrash, spec.thrash_window)
             set_alert(draft, rule, name, active, severity, summary, now)
 
@@ -131,8 +131,9 @@ def domain_rule(draft: Draft, name: str, now: float) -> None:
     """A domain whose goal stays broken too long."""
     dom = draft.domains[name]
     broken = not dom.satisfied and now - dom.since >= GOAL_BROKEN_FOR
-    summary = f"goal of domain {name} broken for {now - dom.since:.0f}s"
-    set_alert(draft, "GoalBroken", name, broken, "warning", summary, now)
+    if news(draft, fingerprint("GoalBroken", name), broken):
+        summary = f"goal of domain {name} broken for {now - dom.since:.0f}s"
+        set_alert(draft, "GoalBroken", name, broken, "warning", summary, now)
 
 
 def set_alert(
@@ -141,11 +142,9 @@ def set_alert(
 ) -> None:  # fmt: skip
     """Fire or resolve an alert; only changes reach the sinks."""
     key = fingerprint(rule, subject)
+    if not news(draft, key, active):
+        return
     old = draft.alerts.get(key)
-    if old is None and not active:
-        return
-    if old is not None and old.alert.firing == active:
-        return
     labels = (("alertname", rule), ("severity", severity), ("subject", subject))
     if active:
         alert = Alert(key, rule, labels, summary, severity, True, now)
@@ -153,6 +152,12 @@ def set_alert(
         assert old is not None
         alert = evolve(old.alert, firing=False, ends_at=now)
     _announce(draft, alert, subject, (s.name for s in draft.goals.sinks), now)
+
+
+def news(draft: Draft, key: str, active: bool) -> bool:
+    """Whether firing (`active`) or resolving the alert `key` changes what is held."""
+    old = draft.alerts.get(key)
+    return active if old is None else old.alert.firing != active
 
 
 def _announce(draft: Draft, alert: Alert, subject: str, sinks: Iterable[str], now: float) -> None:

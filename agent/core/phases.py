@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-from agent.core.alerts import Builtin, fingerprint, set_alert
+from agent.core.alerts import Builtin, fingerprint, news, set_alert
 from agent.core.draft import Draft, evolve
 from agent.core.expr import Decls, ExprError, evaluate, references
 from agent.core.spec import ServiceSpec
@@ -100,5 +100,6 @@ def rule(draft: Draft, name: str, now: float) -> None:
         return
     held = now - svc.phase_since
     active = bool(limit) and svc.phase != "" and held >= limit
-    summary = f"{name} in phase {svc.phase} ({svc.lifecycle}) for {held:.0f}s, over {limit:g}s"
-    set_alert(draft, rule_name, name, active, "warning", summary, now)
+    if news(draft, key, active):
+        summary = f"{name} in phase {svc.phase} ({svc.lifecycle}) for {held:.0f}s, over {limit:g}s"
+        set_alert(draft, rule_name, name, active, "warning", summary, now)

@@ -60,7 +60,7 @@ def fold(old: ProbeState, result: ProbeResult, spec: ProbeSpec, timed: bool) -> 
         fail_streak = min(old.fail_streak + 1, spec.failures)
         healthy = False if fail_streak >= spec.failures else old.healthy
     budget = spec.latency_budget
-    new = (
+    new = (  # ProbeState's fields, in order: compared before a ProbeState is made
         healthy,
         ok_streak,
         fail_streak,
