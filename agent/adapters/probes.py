@@ -3,11 +3,20 @@ sent as inputs.
 
 Each probe has its own deadline: the next run is due `interval` after the previous due time,
 not after the previous run ended, so a slow probe never delays another and schedules do not
-drift. First runs are spread over the interval by a hash of the name, so a thousand probes do
-not fire on the same millisecond. A bound on concurrency protects the host. A probe's own
-failure (bad URL, refused, DNS, timeout) is a result, never a crash. HTTP connections are kept
-alive between rounds: a dead server still fails its probe (reset or refused on reconnect),
-and a thousand probes a second cost a fifth of a core instead of a third.
+drift. First runs are spread over the interval in slots of about BATCH probes each, picked by
+a hash of the name: the loop waking up costs more than a request, so probes that start
+together are cheaper, and a thousand probes still do not start on the same millisecond. A
+bound on concurrency protects the host. A probe's own failure (bad URL, refused, DNS, timeout)
+is a result, never a crash.
+
+An HTTP check sends its request, waits for the status and reads the body to its end (at most
+MAX_BODY bytes; the first MAX_BODY of a longer one are what `body_contains` and `json_field`
+see). No cookies are kept: a check never carries what an earlier one was told. Connections are
+kept alive between rounds (KEEPALIVE), unlike kubelet's and blackbox_exporter's checks, which
+connect for each check: a check so tests that the server answers, not that it still accepts
+connections (one that stopped accepting but serves the connection it holds passes), and costs
+half the CPU. A server that went away still fails its probe (reset, or refused on reconnect);
+a kept connection the server had closed is retried once on a new one.
 
 A JSON-RPC probe is ok when a `result` came back; that result goes with the ProbeResult as
 compact JSON text for service phases to read, unless it is larger than MAX_RESULT characters
@@ -20,9 +29,11 @@ import asyncio
 import contextlib
 import heapq
 import json
+import math
 import os
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,10 +47,25 @@ Answer = tuple[bool, str, str]
 """ok, detail, and the result's JSON text ("" for none)."""
 MAX_RESULT = 65_536
 MAX_DEPTH = 16
+MAX_BODY = 1 << 20
+KEEPALIVE = True
+"""HTTP connections are kept alive between rounds, a choice (see the module docstring); kubelet
+and blackbox_exporter connect for each check, which costs Setpoint twice the CPU per check
+(bench/peers measures both)."""
+BATCH = 10
+"""About how many probes of one interval start together (see _first_due). A timer wakeup on an
+idle loop costs more CPU than a request on a warm one, so 100 checks at 1 s started ten at a
+time cost a third of what they cost one at a time; more at once would add their neighbours'
+handling to each one's measured latency."""
 
 
 class Prober:
-    """Runs the configured probes until cancelled."""
+    """Runs the configured probes until cancelled.
+
+    The schedule is a heap of (due, probe) and one timer, at the earliest due time: when it
+    fires, every probe due starts as its own task and the timer is set again. No task wakes
+    between rounds (a check at 1 s costs one timer, the probe's task and the request).
+    """
 
     def __init__(
         self,
@@ -54,7 +80,9 @@ class Prober:
         self._specs: dict[str, ProbeSpec] = {}
         self._queue: list[tuple[float, str]] = []
         self._running: set[str] = set()
-        self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._start: Callable[[ProbeSpec], object] | None = None
+        """Starts one run of a probe (set while `run` runs)."""
         self.lateness: list[float] = []
 
     def configure(self, specs: Sequence[ProbeSpec]) -> None:
@@ -64,41 +92,68 @@ class Prober:
         self._specs = {s.name: s for s in specs}
         kept = [(due, n) for due, n in self._queue if old.get(n) == self._specs.get(n)]
         scheduled = {n for _, n in kept}
+        sharing = Counter(s.interval for s in specs)
         for spec in specs:
             if spec.name not in scheduled:
-                kept.append((now + _offset(spec), spec.name))
+                kept.append((_first_due(spec, now, sharing[spec.interval]), spec.name))
         heapq.heapify(kept)
         self._queue = kept
-        self._wake.set()
+        self._arm()
 
     async def run(self) -> None:
-        """The scheduler: sleep until the next due probe, start it, reschedule it."""
+        """Start the probes as they fall due until cancelled (then cancel those running)."""
         timeout = aiohttp.ClientTimeout(total=None)
-        connector = aiohttp.TCPConnector(limit=0)
+        connector = aiohttp.TCPConnector(limit=0, force_close=not KEEPALIVE)
         async with (
-            aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
+            _session(timeout=timeout, connector=connector) as session,
             asyncio.TaskGroup() as tg,
         ):
-            while True:
-                await self._sleep_until_due()
-                due, name = heapq.heappop(self._queue)
+
+            def start(spec: ProbeSpec) -> object:
+                return tg.create_task(self._probe(session, spec), name=f"probe:{spec.name}")
+
+            self._start = start
+            try:
+                self._arm()
+                await asyncio.get_running_loop().create_future()  # until cancelled
+            finally:
+                self._start = None
+                self._disarm()
+
+    def _arm(self) -> None:
+        """Set the timer for the earliest due probe (while running)."""
+        if self._start is None or not self._queue:
+            self._disarm()
+            return
+        due = self._queue[0][0]
+        if self._timer is not None:
+            if self._timer.when() == due:
+                return
+            self._timer.cancel()
+        # call_at takes the loop's time, which is time.monotonic() (the due times' clock)
+        self._timer = asyncio.get_running_loop().call_at(due, self._fire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        """Start every probe now due, put each back on its grid, set the timer again."""
+        self._timer = None
+        start, queue, now = self._start, self._queue, time.monotonic()
+        try:
+            while start is not None and queue and queue[0][0] <= now:
+                due, name = queue[0]
                 spec = self._specs[name]
-                now = time.monotonic()
-                heapq.heappush(self._queue, (_next_due(due, spec.interval, now), name))
+                heapq.heapreplace(queue, (_next_due(due, spec.interval, now), name))
                 if name in self._running:
                     continue  # still running from the last round: skip, never pile up
                 self._record_lateness(now - due)
                 self._running.add(name)
-                tg.create_task(self._probe(session, spec), name=f"probe:{name}")
-
-    async def _sleep_until_due(self) -> None:
-        while True:
-            self._wake.clear()
-            delay = self._queue[0][0] - time.monotonic() if self._queue else None
-            if delay is not None and delay <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                start(spec)
+        finally:
+            self._arm()
 
     def _record_lateness(self, late: float) -> None:
         self.lateness.append(late)
@@ -116,9 +171,16 @@ class Prober:
             self._running.discard(spec.name)
 
 
-def _offset(spec: ProbeSpec) -> float:
-    """A stable spread of first runs over the interval."""
-    return (zlib.crc32(spec.name.encode()) / 2**32) * spec.interval
+def _first_due(spec: ProbeSpec, now: float, sharing: int) -> float:
+    """The first run, within one interval from now, on the probe's own grid: multiples of its
+    interval on the monotonic clock plus an offset. The offset is one of as many slots as it
+    takes to start about BATCH of the `sharing` probes with this interval together, the slot
+    picked by a hash of the name (stable, and spread)."""
+    interval = spec.interval
+    slots = max(1, math.ceil(sharing / BATCH))
+    offset = int(zlib.crc32(spec.name.encode()) / 2**32 * slots) * interval / slots
+    due = (now // interval) * interval + offset
+    return due if due >= now else due + interval
 
 
 def _next_due(due: float, interval: float, now: float) -> float:
@@ -144,7 +206,7 @@ async def answer(spec: ProbeSpec, session: aiohttp.ClientSession | None = None) 
             if spec.kind == "exec":
                 return (*await _exec(spec), "")
             if session is None:
-                async with aiohttp.ClientSession() as own:
+                async with _session() as own:
                     return await _http(spec, own)
             return await _http(spec, session)
     except TimeoutError:
@@ -192,12 +254,29 @@ async def _http(spec: ProbeSpec, session: aiohttp.ClientSession) -> Answer:
         payload = {"jsonrpc": "2.0", "id": 1, "method": spec.rpc_method, "params": params}
         kwargs["json"] = payload
     async with session.request(method, spec.url, allow_redirects=False, **kwargs) as resp:
-        body = await resp.content.read(1 << 20)
+        body = await _read(resp.content, MAX_BODY)
     if spec.kind == "http" and resp.status not in spec.expect_status:
         return False, f"HTTP {resp.status}", ""
     if spec.kind == "jsonrpc":
         return _jsonrpc_verdict(resp.status, body, spec)
     return (*_body_verdict(body, spec), "")
+
+
+def _session(**kwargs: Any) -> aiohttp.ClientSession:
+    """A session for probes: no cookie jar (each check stands alone)."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), **kwargs)
+
+
+async def _read(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body to its end, or its first `limit` bytes (one read when it came in one piece)."""
+    first = await content.read(limit)
+    if not first or content.at_eof():
+        return first
+    chunks, size = [first], len(first)
+    while size < limit and (chunk := await content.read(limit - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _body_verdict(body: bytes, spec: ProbeSpec) -> Outcome:
