@@ -1,6 +1,9 @@
 """N HTTP checks at a 1 s interval, side by side, against the same local server, in one run.
 
     Setpoint         the real agent (`python -m agent run --bus none`), N generated probes
+    Setpoint, no keep-alive
+                     the same with probes.KEEPALIVE off: a new connection for every check, as
+                     the peers make (Setpoint keeps them alive between rounds by default)
     blackbox         prometheus-blackbox-exporter, driven by a real Prometheus scraping /probe
                      for N targets (scrape_interval 1s, targets relabeled to __param_target)
     Monit            N `check host ... if failed port protocol http` at `set daemon 1`
@@ -10,12 +13,14 @@ For each N (default 100 and 1,000) the peers run one after another against one t
 warms up until the server has seen all N of its paths, then is measured for WINDOW seconds:
     CPU per check    utime+stime of the whole process tree (/proc) / checks the server received
     checks/s         requests the server received from it per second (N/s is the schedule)
-    lateness p99     per target, server-side arrival interval minus 1 s (works for all three;
+    lateness p99     per target, server-side arrival interval minus 1 s (works for them all;
                      a checker that falls behind shows it here and in checks/s)
     RSS              of the whole tree at the end
 The Prometheus column counts blackbox_exporter and Prometheus together (that is what drives
 the probes); the exporter alone is printed too. Env: SETPOINT_BENCH_PEERS_WINDOW (seconds,
-default 20), SETPOINT_BENCH_PEERS_N (default "100,1000").
+default 20), SETPOINT_BENCH_PEERS_N (default "100,1000"), SETPOINT_BENCH_PEERS_ONLY (checkers
+whose name contains one of these comma-separated words: setpoint (both), setpoint-fresh,
+blackbox, monit; default all; without Setpoint the ratios are to the first).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +43,7 @@ from tests.agentproc import ROOT, free_port, wait_until
 
 WINDOW = float(os.environ.get("SETPOINT_BENCH_PEERS_WINDOW", "20"))
 SIZES = [int(n) for n in os.environ.get("SETPOINT_BENCH_PEERS_N", "100,1000").split(",")]
+ONLY = [w.lower() for w in os.environ.get("SETPOINT_BENCH_PEERS_ONLY", "").split(",") if w]
 SETTLE = 3.0
 """Seconds after every target was first checked before the window opens (first rounds are
 spread over the interval; Monit's first cycle may run long)."""
@@ -111,18 +117,31 @@ def spawn(argv: list[str], log: Path, **kwargs: object) -> subprocess.Popen[byte
 
 
 def start_setpoint(work: Path, port: int, n: int) -> Peer:
+    return Peer("Setpoint", "/sp/", [_agent(work, port, n, "/sp/", ["-m", "agent"])])
+
+
+FRESH = "import agent.adapters.probes as p; p.KEEPALIVE = False; import runpy; runpy.run_module('agent', run_name='__main__')"  # noqa: E501
+"""`python -m agent` with a new connection for every HTTP check."""
+
+
+def start_setpoint_fresh(work: Path, port: int, n: int) -> Peer:
+    proc = _agent(work, port, n, "/spf/", ["-c", FRESH])
+    return Peer("Setpoint, no keep-alive", "/spf/", [proc])
+
+
+def _agent(work: Path, port: int, n: int, prefix: str, how: list[str]) -> subprocess.Popen[bytes]:
     probes = "".join(
-        f"  p{i}: {{http: {{url: 'http://127.0.0.1:{port}/sp/{i}'}}, interval: 1s}}\n"
+        f"  p{i}: {{http: {{url: 'http://127.0.0.1:{port}{prefix}{i}'}}, interval: 1s}}\n"
         for i in range(n)
     )
     goals = work / "goals.yaml"
     goals.write_text(f"apiVersion: setpoint/v1\nprobes:\n{probes}")
     argv = [
-        sys.executable, "-m", "agent", "run", "--goals", str(goals), "--bus", "none",
+        sys.executable, *how, "run", "--goals", str(goals), "--bus", "none",
         "--state-dir", str(work / "state"), "--tick", "1s", "--log-level", "warning",
         "--listen", f"127.0.0.1:{free_port()}",
     ]  # fmt: skip
-    return Peer("Setpoint", "/sp/", [spawn(argv, work / "agent.log", cwd=ROOT)])
+    return spawn(argv, work / "agent.log", cwd=ROOT)
 
 
 def start_blackbox(work: Path, port: int, n: int) -> Peer:
@@ -173,7 +192,18 @@ def start_monit(work: Path, port: int, n: int) -> Peer:
     return Peer("Monit", "/mon/", [spawn(argv, work / "monit.out")])
 
 
-STARTERS = [start_setpoint, start_blackbox, start_monit]
+STARTERS = [start_setpoint, start_setpoint_fresh, start_blackbox, start_monit]
+NAMES = {
+    start_setpoint: "setpoint",
+    start_setpoint_fresh: "setpoint-fresh",
+    start_blackbox: "blackbox+prometheus",
+    start_monit: "monit",
+}
+
+
+def chosen() -> list[Callable[[Path, int, int], Peer]]:
+    """The starters SETPOINT_BENCH_PEERS_ONLY selects (all without it)."""
+    return [s for s in STARTERS if not ONLY or any(w in NAMES[s] for w in ONLY)]
 
 
 def measure(peer: Peer, port: int, n: int) -> Figures:
@@ -217,7 +247,7 @@ def _alive(peer: Peer) -> bool:
 
 def run_size(port: int, n: int) -> dict[str, Figures]:
     results: dict[str, Figures] = {}
-    for start in STARTERS:
+    for start in chosen():
         with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
             peer = start(Path(tmp), port, n)
             try:
@@ -228,21 +258,21 @@ def run_size(port: int, n: int) -> dict[str, Figures]:
 
 
 def report(n: int, results: dict[str, Figures]) -> None:
-    base = results["Setpoint"]
+    base = results.get("Setpoint", next(iter(results.values())))
     print(f"peers: {n} HTTP checks at 1 s, {WINDOW:g} s window each (schedule: {n}/s)")
     print(
-        f"  {'checker':<20} {'CPU/check':>10} {'x Setpoint':>10} {'checks/s':>9} "
+        f"  {'checker':<24} {'CPU/check':>10} {'x Setpoint':>10} {'checks/s':>9} "
         f"{'late p99':>9} {'RSS':>7} {'x Setpoint':>10}"
     )
     for name, f in results.items():
         print(
-            f"  {name:<20} {f.cpu_per_check_us:>7.0f} µs "
+            f"  {name:<24} {f.cpu_per_check_us:>7.0f} µs "
             f"{f.cpu_per_check_us / base.cpu_per_check_us:>10.2f} "
             f"{f.checks_per_s:>9.0f} {f.late_p99_ms:>6.1f} ms {f.rss_mb:>4.0f} MB "
             f"{f.rss_mb / base.rss_mb:>10.2f}"
         )
         if f.extra:
-            print(f"  {'':<20} ({f.extra})")
+            print(f"  {'':<24} ({f.extra})")
 
 
 def main() -> None:
