@@ -4,9 +4,11 @@ The model: each unit's truth changes; each change is emitted as two signals (the
 then the Unit part) into one ordered bus queue; a resync is a ListUnitsByNames reply generated
 when it is sent, then a GetAll(Service) reply generated when the first one has been read, both
 ordered in the same queue behind the signals emitted before them. Signals can be lost and the
-connection can drop. Invariants after every step: the published state of a unit never goes
-backwards (main_pid carries the truth's version); and once the queue is drained after a resync
-that began after the last lost signal, the cache and the last published state equal the truth.
+connection can drop. A light resync (the adapter's periodic one) asks for the Service
+properties only of units whose row differs from the cache. Invariants after every step: the
+published state of a unit never goes backwards (main_pid carries the truth's version); and once
+the queue is drained after a deep resync that began after the last lost signal, the cache and
+the last published state equal the truth.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Resync:
 
     began: int
     epoch: int
+    light: bool = False
     rows: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
@@ -95,9 +98,9 @@ class World:
         self.queue.append(Signal(name, True, t.service_props()))
         self.queue.append(Signal(name, False, t.unit_props()))
 
-    def begin_resync(self) -> None:
+    def begin_resync(self, light: bool = False) -> None:
         rows = {u: self.truth[u].unit_props() for u in UNITS}
-        self.queue.append(Reply(Resync(self.cache.seq, self.epoch), rows, services=False))
+        self.queue.append(Reply(Resync(self.cache.seq, self.epoch, light), rows, services=False))
 
     def lose(self) -> None:
         signals = [i for i, msg in enumerate(self.queue) if isinstance(msg, Signal)]
@@ -120,22 +123,29 @@ class World:
                 self.emit(unit, seen)
         elif not msg.services:  # the adapter now asks for the Service properties
             msg.resync.rows = msg.props
-            services = {u: self.truth[u].service_props() for u in UNITS}
+            services = {
+                u: self.truth[u].service_props()
+                for u, row in msg.props.items()
+                if not msg.resync.light or not self.cache.unchanged(u, **_row(row))
+            }
             self.queue.append(Reply(msg.resync, services, services=True))
         else:
-            for name in UNITS:
+            for name in msg.props:
                 state = Seen()
                 state.merge(msg.resync.rows[name], UNIT_PROPS, 0)
                 state.merge(msg.props[name], SERVICE_PROPS, 0)
                 self.emit(name, self.cache.fetched(name, state, msg.resync.began, force=False))
-            self.repaired = self.repaired or msg.resync.epoch == self.epoch
+            if not msg.resync.light:
+                self.repaired = self.repaired or msg.resync.epoch == self.epoch
 
     def step(self) -> None:
         roll = self.rng.random()
         if roll < 0.35:
             self.change()
-        elif roll < 0.45:
+        elif roll < 0.40:
             self.begin_resync()
+        elif roll < 0.45:
+            self.begin_resync(light=True)
         elif roll < 0.48:
             self.lose()
         elif roll < 0.50:
@@ -157,6 +167,11 @@ class World:
             t, seen = self.truth[name], self.cache.seen[name]
             assert (seen.active, seen.sub, seen.main_pid) == (t.active, t.sub, t.version), name
             assert self.published[name] == t.version, name
+
+
+def _row(props: dict[str, object]) -> dict[str, str]:
+    return {"load": str(props["LoadState"]), "active": str(props["ActiveState"]),
+            "sub": str(props["SubState"])}  # fmt: skip
 
 
 SEEDS = int(os.environ.get("SETPOINT_SIM_SEEDS", "200"))
