@@ -98,7 +98,7 @@ def test_every_input_a_change_decides_as_the_full_path() -> None:
 
 def test_a_fleet_at_rest_decides_as_the_full_path() -> None:
     twin = Twin()
-    step_bench.rest(15_000, stepper=twin)
+    step_bench.rest(20_000, stepper=twin)
     check(twin)
     assert twin.shortcuts > 10_000, "most of a fleet at rest changes nothing"
     assert twin.passed_over > 500, "recovered services wait out stable_for unvisited"
