@@ -76,8 +76,9 @@ def test_a_broken_loader_on_reload_keeps_the_last_good_goals(tmp_path: Path) -> 
         wait_logged(agent, "goals reloaded")
         wait_until(lambda: domains(state) == {"Flag", "Second"}, 20, "the second goals")
         assert agent.stop() == 0
-    rejected = [r["input"] for r in journal_rows(state) if r["input"]["type"] == "GoalsRejected"]
-    assert rejected[-1]["problems"] == ["the goal loader exited with status 3"]
+    rows = journal_rows(state)[::-1]  # oldest first
+    rejected = [r["input"]["problems"] for r in rows if r["input"]["type"] == "GoalsRejected"]
+    assert rejected[0] == ["the goal loader exited with status 3"]  # as GoalsInvalid's reason
 
 
 def test_a_broken_loader_at_start_is_a_clear_error(tmp_path: Path) -> None:
