@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
@@ -573,7 +574,8 @@ class SystemdAdapter:
         it changed (a lost signal, or our first look).
         """
         _, _, load, active, sub, _, path = row[:7]
-        state = Seen(active=active, sub=sub, load=load)
+        # interned: the same few words for every unit, not one copy each
+        state = Seen(active=sys.intern(active), sub=sys.intern(sub), load=sys.intern(load))
         if check and prior is not None:
             try:
                 reply = await self._call(
