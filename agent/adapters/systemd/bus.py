@@ -116,6 +116,9 @@ async def _bus_call(bus: MessageBus, msg: Message) -> Message | None:
 _MAX_CALLS = 64
 """Method calls in flight at once. dbus-fast fails the whole connection when the socket's send
 buffer fills (BlockingIOError in its writer), which a burst of 1,000 GetAll calls does."""
+_MAX_JOB_CALLS = 16
+"""Job calls (StartUnit...) in flight at once, besides _MAX_CALLS: a job never queues behind
+a resync's thousands of reads."""
 
 
 class SystemdAdapter:
@@ -162,6 +165,7 @@ class SystemdAdapter:
         """Where the periodic resync's timestamp check goes on (an index into the sorted
         watched names)."""
         self._calls = asyncio.Semaphore(_MAX_CALLS)
+        self._job_calls = asyncio.Semaphore(_MAX_JOB_CALLS)
         self._jobs = JobWaiters()
         self._closed = False
         self._stopping = asyncio.Event()
@@ -227,12 +231,14 @@ class SystemdAdapter:
                     raise PermanentError(f"{what}: the system is shutting down")
                 if op == "kill":
                     await self._call(
-                        self._bus, MANAGER_PATH, MANAGER, "KillUnit", "ssi", [unit, "main", 9]
-                    )
+                        self._bus, MANAGER_PATH, MANAGER, "KillUnit", "ssi", [unit, "main", 9],
+                        slots=self._job_calls,
+                    )  # fmt: skip
                     return "killed"
                 reply = await self._call(
-                    self._bus, MANAGER_PATH, MANAGER, METHODS[op], "ss", [unit, "replace"]
-                )
+                    self._bus, MANAGER_PATH, MANAGER, METHODS[op], "ss", [unit, "replace"],
+                    slots=self._job_calls,
+                )  # fmt: skip
                 job: str = reply.body[0]
                 result = await self._jobs.result(job)
         except TimeoutError as err:
@@ -397,8 +403,11 @@ class SystemdAdapter:
         signature: str,
         body: list[Any],
         destination: str = SYSTEMD,
+        *,
+        slots: asyncio.Semaphore | None = None,
     ) -> Message:
-        """One method call; raises ReplyError for an error reply, TransientError otherwise."""
+        """One method call; raises ReplyError for an error reply, TransientError otherwise.
+        `slots` bounds the calls in flight (default: the reads' _MAX_CALLS)."""
         msg = Message(
             destination=destination,
             path=path,
@@ -408,7 +417,7 @@ class SystemdAdapter:
             body=body,
         )
         try:
-            async with self._calls, asyncio.timeout(self._call_timeout):
+            async with slots or self._calls, asyncio.timeout(self._call_timeout):
                 reply = await _bus_call(bus, msg)
         except TimeoutError as err:
             raise TransientError(f"{member}: no reply within {self._call_timeout:g}s") from err
