@@ -33,7 +33,7 @@ import math
 import os
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +47,7 @@ Answer = tuple[bool, str, str]
 """ok, detail, and the result's JSON text ("" for none)."""
 MAX_RESULT = 65_536
 MAX_DEPTH = 16
+LATENESS_KEPT = 10_000
 MAX_BODY = 1 << 20
 KEEPALIVE = True
 """HTTP connections are kept alive between rounds, a choice (see the module docstring); kubelet
@@ -83,7 +84,8 @@ class Prober:
         self._timer: asyncio.TimerHandle | None = None
         self._start: Callable[[ProbeSpec], object] | None = None
         """Starts one run of a probe (set while `run` runs)."""
-        self.lateness: list[float] = []
+        self.lateness: deque[float] = deque(maxlen=LATENESS_KEPT)
+        """How late the most recent starts were (benchmarks and tests read it)."""
 
     def configure(self, specs: Sequence[ProbeSpec]) -> None:
         """Replace the probe set; unchanged probes keep their schedule."""
@@ -149,16 +151,11 @@ class Prober:
                 heapq.heapreplace(queue, (_next_due(due, spec.interval, now), name))
                 if name in self._running:
                     continue  # still running from the last round: skip, never pile up
-                self._record_lateness(now - due)
+                self.lateness.append(now - due)
                 self._running.add(name)
                 start(spec)
         finally:
             self._arm()
-
-    def _record_lateness(self, late: float) -> None:
-        self.lateness.append(late)
-        if len(self.lateness) > 100_000:
-            del self.lateness[:50_000]
 
     async def _probe(self, session: aiohttp.ClientSession, spec: ProbeSpec) -> None:
         try:

@@ -64,7 +64,11 @@ def encode(obj: Any) -> bytes:
     if type(obj) is not state.State:
         return _enc(obj).encode("ascii")
     with _gc_paused(True):
-        text = _enc(obj)
+        _cache.on = True
+        try:
+            text = _enc(obj)
+        finally:
+            _cache.on = False
     _cache.mark(text)
     return text.encode("ascii")
 
@@ -117,8 +121,9 @@ class _Cache:
 
     A generation is bounded (else the texts of every recent state stay alive), but never below
     twice what one encoding visits: a smaller bound evicts, within one encoding, texts the next
-    one needs again, and a 10,000-service state is then encoded afresh at every commit. State
-    texts are not kept at all: a new State is encoded once (per commit)."""
+    one needs again, and a 10,000-service state is then encoded afresh at every commit. It is
+    used only inside a State (`on`): inputs and actions are encoded once, and a new State once
+    per commit, so keeping their texts would only hold memory and crowd out the state's."""
 
     def __init__(self) -> None:
         self.young: dict[int, tuple[object, str]] = {}
@@ -126,8 +131,11 @@ class _Cache:
         self.size = 0
         self.visits = 0  # gets since the last mark
         self.limits = (_GENERATION, _GENERATION_BYTES)
+        self.on = False
 
     def get(self, obj: object) -> str | None:
+        if not self.on:
+            return None
         self.visits += 1
         key = id(obj)
         hit = self.young.get(key)
@@ -139,6 +147,8 @@ class _Cache:
         return hit[1] if hit[0] is obj else None
 
     def put(self, obj: object, text: str) -> None:
+        if not self.on:
+            return
         if len(self.young) >= self.limits[0] or self.size >= self.limits[1]:
             self.old, self.young, self.size = self.young, {}, 0
         self.young[id(obj)] = (obj, text)
