@@ -158,8 +158,6 @@ class SystemdAdapter:
         self._wake = asyncio.Event()
         self._want_full = False
         self._want_deep = False
-        self._want_force = False
-        """resync() came while disconnected: the next resync reports every unit."""
         self._want_subscribe = False
         self._dirty: dict[str, bool] = {}
         """Units a signal pointed at: True to read in full, False to compare the row first."""
@@ -205,15 +203,12 @@ class SystemdAdapter:
         left to the next (re)connect or retried by the background loop.
         """
         if self._bus is None or not self._ready.is_set():
-            # (Re)connecting reads every unit in full; then a light resync reports them all.
-            self._want_force = True
-            self._wake.set()
+            self._request(deep=True)
             return
         try:
             await self._resync(self._bus, force=True, deep=True)
         except (TransientError, ReplyError) as err:
             log.warning("systemd resync failed, will retry: %s", err)
-            self._want_force = True
             self._request(deep=True)
 
     async def run_job(
@@ -453,28 +448,27 @@ class SystemdAdapter:
         while True:
             await self._sleep_until_wanted()
             subscribe, full, deep = self._want_subscribe, self._want_full, self._want_deep
-            force, dirty = self._want_force, self._dirty
-            self._want_subscribe = self._want_full = self._want_deep = self._want_force = False
+            dirty = self._dirty
+            self._want_subscribe = self._want_full = self._want_deep = False
             self._dirty = {}
             try:
                 if subscribe:
                     await self._subscribe(bus)
                     self.generation += 1
-                if full or subscribe or force:
+                if full or subscribe:
                     whole = {name for name, wanted in dirty.items() if wanted}
-                    await self._resync(bus, force=force, deep=deep or subscribe, whole=whole)
+                    await self._resync(bus, force=False, deep=deep or subscribe, whole=whole)
                 elif dirty:
                     await self._refresh(bus, dirty)
             except (TransientError, ReplyError) as err:
                 log.warning("systemd resync failed, retrying: %s", err)
                 self._want_subscribe |= subscribe
-                self._want_force |= force
                 self._request(deep=True)
                 await asyncio.sleep(min(1.0, self._interval))
 
     async def _sleep_until_wanted(self) -> None:
         """Wait for a request or the periodic interval; then let a burst of signals settle."""
-        if not (self._want_full or self._want_subscribe or self._want_force or self._dirty):
+        if not (self._want_full or self._want_subscribe or self._dirty):
             try:
                 async with asyncio.timeout(self._interval):
                     await self._wake.wait()
