@@ -19,6 +19,7 @@ BENCHES = [
     "bench.ha_bench",
     "bench.peers.checks_bench",
     "bench.memory_bench",
+    "bench.fleet_bench",
     "bench.flapping_bench",
     "bench.soak_bench",
 ]
