@@ -29,7 +29,8 @@ API_VERSION = "setpoint/v1"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".target", ".mount", ".path")
 MAX_EXPRESSION = 10_000
-MAX_ITEMS = 1000
+MAX_ITEMS = 10_000
+"""Names of one kind (services, probes, ...) across all goal files: a large fleet, not more."""
 _UNIT = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.[a-z]+$")
 
 _DURATION_SCHEMA = WithJsonSchema(

@@ -409,8 +409,8 @@ def test_problems_are_capped_at_one_hundred() -> None:
 
 
 def test_named_things_are_capped_per_kind() -> None:
-    body = "services:\n" + "".join(f"  s{i}: {{unit: a.service}}\n" for i in range(1001))
-    assert bad(body) == ["g.yaml:3:3: services: has too many entries (at most 1000)"]
+    body = "services:\n" + "".join(f"  s{i}: {{unit: a.service}}\n" for i in range(10_001))
+    assert bad(body) == ["g.yaml:3:3: services: has too many entries (at most 10000)"]
 
 
 # --- schema: unknown keys, types, required fields, enums -----------------------------------
