@@ -16,10 +16,6 @@ after `stable_for` Running and until then a Tick visits it, so the fleet's servi
 machine is shared: CPU figures are noisy; SETPOINT_BENCH_FLEET_REPEAT measures several
 windows back to back and prints the range.
 
-Goal files take at most MAX_ITEMS (1,000) services; until they take a fleet, the agent for
-10,000 runs with a sitecustomize that raises that limit as `agent.goals.model` is imported
-(`raised_limit`), and the bench says so.
-
 SETPOINT_BENCH_FLEET (10000), SETPOINT_BENCH_FLEET_WINDOW (60) and
 SETPOINT_BENCH_FLEET_REPEAT (1) override the defaults.
 """
@@ -34,7 +30,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.goals.model import MAX_ITEMS
 from bench import procstat
 from tests.agentproc import AgentProcess, status, wait_until
 from tests.sysmgr import SystemdUser
@@ -55,37 +50,6 @@ Type=oneshot
 RemainAfterExit=yes
 ExecStop=/bin/true
 """
-
-SHIM = """\
-# fleet_bench: goal files allow at most {limit} services; this agent process takes {count}.
-import importlib.abc, importlib.machinery, importlib.util, sys
-
-class _Raise(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, name, path, target=None):
-        if name != "agent.goals.model":
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        self.origin = spec.origin
-        return importlib.util.spec_from_file_location(name, spec.origin, loader=self)
-
-    def exec_module(self, module):
-        text = open(self.origin).read().replace("MAX_ITEMS = {limit}\\n", "MAX_ITEMS = {count}\\n")
-        exec(compile(text, self.origin, "exec"), module.__dict__)
-
-sys.meta_path.insert(0, _Raise())
-"""
-
-
-def raised_limit(env: dict[str, str], work: Path, count: int) -> dict[str, str]:
-    """`env` for an agent that accepts `count` services (goal files allow MAX_ITEMS): a
-    sitecustomize that raises the limit as agent.goals.model is imported. A bench shim until
-    the goal files take a fleet this size."""
-    if count <= MAX_ITEMS:
-        return env
-    shim = work / "shim"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(SHIM.format(limit=MAX_ITEMS, count=count))
-    return {**env, "PYTHONPATH": str(shim)}
 
 
 @dataclass
@@ -133,8 +97,7 @@ def fleet(mgr: SystemdUser, work: Path, template: str, count: int) -> Figures:
     state = work / "state"
     extra = ("--tick", "1s", "--log-level", "info")
     started = time.monotonic()
-    env = raised_limit(mgr.env, work, count)
-    with AgentProcess(folder, state, bus="user", env=env, extra=extra) as agent:
+    with AgentProcess(folder, state, bus="user", env=mgr.env, extra=extra) as agent:
         agent.wait_started(120)
         wait_until(lambda: all_running(state, count), 300, "every service Running", every=2.0)
         figures = Figures(count, time.monotonic() - started)
@@ -160,8 +123,6 @@ def main() -> None:
             big = fleet(mgr, Path(tmp) / "fleet", "sp-fleet", FLEET)
     finally:
         mgr.stop()
-    if FLEET > MAX_ITEMS:
-        print(f"fleet: goal files take at most {MAX_ITEMS} services; raised for this run")
     for f in (big, small):
         print(
             f"fleet of {f.units} units, all Running, idle over {WINDOW:.0f} s: CPU {f.cpu()} of "
