@@ -46,7 +46,7 @@ from agent.interfaces import control
 from agent.interfaces import http as httpapi
 from agent.interfaces.metrics import Metrics
 from agent.interfaces.page import Live, Page, add_routes
-from agent.interfaces.sd_notify import Notifier, status_line
+from agent.interfaces.sd_notify import Notifier, StatusLines, status_line
 from agent.interfaces.views import UnitLogsOf, status_dict
 from agent.journal import codec
 from agent.journal.store import Journal
@@ -429,7 +429,8 @@ class Daemon:
     async def _notify(self, rt: Runtime) -> None:
         """sd_notify: READY=1 after the first full resync, then STATUS= and watchdog pings."""
         ready = self.systemd.wait_ready if self.systemd is not None else None
-        await self.notifier.serve(ready, lambda: _status_line(rt), rt.alive)
+        lines = StatusLines()
+        await self.notifier.serve(ready, lambda: _status_line(rt, lines), rt.alive)
 
     async def _journal_alarm(self, rt: Runtime) -> None:
         """JournalDegraded cannot be journaled: sent untracked to every sink, again every
@@ -471,9 +472,9 @@ class Daemon:
         log.info("stopped cleanly; %d actions pending", len(rt.state.pending))
 
 
-def _status_line(rt: Runtime) -> str:
+def _status_line(rt: Runtime, lines: StatusLines) -> str:
     """sd_notify's STATUS=, which says first when the journal cannot write."""
-    line = status_line(rt.state)
+    line = lines(rt.state)
     if rt.degraded is not None:
         return f"DEGRADED: journal cannot write ({rt.degraded.error[:120]}); {line}"
     return line

@@ -188,6 +188,21 @@ def _block_the_loop(after: float) -> None:
         time.sleep(3600)  # blocking the loop is the point
 
 
+class StatusLines:
+    """`status_line`, worked out again only when what it counts changed (a state is immutable:
+    the same maps are the same counts). At 10,000 services a line costs about 7 ms."""
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] = (None, None, None, None)
+        self._line = ""
+
+    def __call__(self, state: State) -> str:
+        key = (state.services, state.domains, state.pending, state.maintenance)
+        if any(a is not b for a, b in zip(key, self._key, strict=True)):
+            self._key, self._line = key, status_line(state)
+        return self._line
+
+
 def status_line(state: State) -> str:
     """One line for STATUS=: services by lifecycle, goals holding, pending actions."""
     counts = dict.fromkeys(get_args(Lifecycle), 0)

@@ -19,7 +19,7 @@ from agent.core.inputs import ActionCompleted, GoalsLoaded, UnitObserved
 from agent.core.spec import GoalSet, ServiceSpec
 from agent.core.state import State
 from agent.core.step import step
-from agent.interfaces.sd_notify import Notifier, status_line, watchdog_interval
+from agent.interfaces.sd_notify import Notifier, StatusLines, status_line, watchdog_interval
 from tests.agentproc import AgentProcess, wait_until, wait_until_async
 from tests.corekit import routing_domain
 
@@ -217,3 +217,19 @@ def test_stall_hook_blocks_the_loop_and_the_pings_stop(listener: Listener, tmp_p
         time.sleep(1.0)
         assert listener.lines().count("WATCHDOG=1") == pings
         assert agent.proc.poll() is None
+
+
+def test_status_lines_follow_every_change_and_reuse_the_last_line_otherwise() -> None:
+    goals = GoalSet(services=(ServiceSpec("web", "web.service"),), domains=(routing_domain(),))
+    lines = StatusLines()
+    state, _ = step(State(), GoalsLoaded(goals, 0.0))
+    first = lines(state)
+    assert first == status_line(state)
+    assert lines(state) is first  # not worked out again
+    for inp in (
+        UnitObserved("web.service", "active", "running", 1.0),
+        UnitObserved("web.service", "failed", "failed", 2.0),
+    ):
+        state, _ = step(state, inp)
+        assert lines(state) == status_line(state)
+    assert lines(state) != first
