@@ -41,6 +41,8 @@ _GENERATION = 20_000
 _GENERATION_BYTES = 2 << 20
 """Least bounds on one cache generation (see _Cache)."""
 _BIG = 256 * 1024
+_KEEP = 128
+"""Characters from which a nested value's text is kept (see _dataclass)."""
 _MISSING = object()
 _esc: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
@@ -227,7 +229,9 @@ def _kind(default: object) -> int:
     return _DEEP
 
 
-def _dataclass(obj: Any) -> str:
+def _dataclass(obj: Any, keep: bool = False) -> str:
+    """`obj`'s text; kept in the cache when `keep` or when long enough to be worth an entry
+    (small nested values cost more as entries than they take to encode again)."""
     text = _cache.get(obj)
     if text is not None:
         return text
@@ -245,7 +249,7 @@ def _dataclass(obj: Any) -> str:
             continue
         parts.append(f.key + _ENCODERS.get(type(value), _other)(value))
     text = ",".join(parts) + "}"
-    if type(obj) is not state.State:
+    if (keep or len(text) >= _KEEP) and type(obj) is not state.State:
         _cache.put(obj, text)
     return text
 
@@ -269,10 +273,17 @@ def _sorted_items(m: Map[Any, Any]) -> list[tuple[Any, Any]]:
 def _map(m: Map[Any, Any]) -> str:
     text = _cache.get(m)
     if text is None:
-        pairs = ["[" + _enc(k) + "," + _enc(v) + "]" for k, v in _sorted_items(m)]
+        pairs = ["[" + _enc(k) + "," + _value(v) + "]" for k, v in _sorted_items(m)]
         text = '{"_m":[' + ",".join(pairs) + "]}"
         _cache.put(m, text)
     return text
+
+
+def _value(v: Any) -> str:
+    """A Map value's text, kept whatever its size: a map's values are what changes between
+    commits, one at a time."""
+    encoder = _ENCODERS.get(type(v), _other)
+    return _dataclass(v, True) if encoder is _dataclass else encoder(v)
 
 
 def _float(x: float) -> str:
