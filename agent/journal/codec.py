@@ -23,6 +23,7 @@ import gc
 import hashlib
 import json
 import math
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -37,9 +38,6 @@ from agent.core.step import build_index
 from agent.errors import JournalCorrupt
 
 CORE_MODULES: tuple[ModuleType, ...] = (spec, inputs, actions, state)
-_GENERATION = 20_000
-_GENERATION_BYTES = 2 << 20
-"""Least bounds on one cache generation (see _Cache)."""
 _BIG = 256 * 1024
 _KEEP = 128
 """Characters from which a nested value's text is kept (see _dataclass)."""
@@ -71,7 +69,6 @@ def encode(obj: Any) -> bytes:
             text = _enc(obj)
         finally:
             _cache.on = False
-    _cache.mark(text)
     return text.encode("ascii")
 
 
@@ -119,48 +116,31 @@ def _gc_paused(pause: bool) -> Iterator[None]:
 
 
 class _Cache:
-    """Two generations of id -> (object, text); a hit in the old one moves to the young one.
-
-    A generation is bounded (else the texts of every recent state stay alive), but never below
-    twice what one encoding visits: a smaller bound evicts, within one encoding, texts the next
-    one needs again, and a 10,000-service state is then encoded afresh at every commit. It is
-    used only inside a State (`on`): inputs and actions are encoded once, and a new State once
-    per commit, so keeping their texts would only hold memory and crowd out the state's."""
+    """id -> (weak reference, text) of the values inside a State, for as long as each value
+    lives: a value that dies takes its text with it, so the cache holds the texts of what the
+    agent still holds and nothing else, without bounds to tune. Used only inside a State
+    (`on`): inputs and actions are encoded once, and a new State once per commit."""
 
     def __init__(self) -> None:
-        self.young: dict[int, tuple[object, str]] = {}
-        self.old: dict[int, tuple[object, str]] = {}
-        self.size = 0
-        self.visits = 0  # gets since the last mark
-        self.limits = (_GENERATION, _GENERATION_BYTES)
+        self.texts: dict[int, tuple[weakref.ref[Any], str]] = {}
         self.on = False
 
     def get(self, obj: object) -> str | None:
-        if not self.on:
-            return None
-        self.visits += 1
-        key = id(obj)
-        hit = self.young.get(key)
-        if hit is None:
-            hit = self.old.get(key)
-            if hit is None:
-                return None
-            self.put(obj, hit[1])
-        return hit[1] if hit[0] is obj else None
+        hit = self.texts.get(id(obj)) if self.on else None
+        return hit[1] if hit is not None and hit[0]() is obj else None
 
     def put(self, obj: object, text: str) -> None:
-        if not self.on:
-            return
-        if len(self.young) >= self.limits[0] or self.size >= self.limits[1]:
-            self.old, self.young, self.size = self.young, {}, 0
-        self.young[id(obj)] = (obj, text)
-        self.size += len(text)
+        if self.on:
+            key = id(obj)
+            self.texts[key] = (weakref.ref(obj, lambda ref: self._gone(key, ref)), text)
 
-    def mark(self, text: str) -> None:
-        """After encoding a whole State (`text`): keep at least twice what it visited (texts
-        moved up count again, so four times its bytes)."""
-        self.limits = (max(_GENERATION, 2 * self.visits), max(_GENERATION_BYTES, 4 * len(text)))
-        self.visits = 0
+    def _gone(self, key: int, ref: weakref.ref[Any]) -> None:
+        hit = self.texts.get(key)
+        if hit is not None and hit[0] is ref:
+            del self.texts[key]
+
+    def clear(self) -> None:
+        self.texts.clear()
 
 
 _cache = _Cache()

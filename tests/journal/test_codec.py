@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import typing
@@ -114,8 +115,7 @@ def test_warm_cache_gives_the_cold_encoding() -> None:
     first = codec.encode(state)
     changed = dataclasses.replace(state, services=state.services.set("db", ServiceState(since=2.0)))
     warm = codec.encode(changed)
-    codec._cache.young.clear()
-    codec._cache.old.clear()
+    codec._cache.clear()
     assert warm == codec.encode(changed) != first
 
 
@@ -170,3 +170,14 @@ def test_plain_is_json_friendly() -> None:
         "op": "start",
         "service": "web",
     }
+
+
+def test_the_cache_forgets_a_value_once_it_is_gone() -> None:
+    codec._cache.clear()
+    state = State(services=Map({"web": ServiceState(lifecycle="Running", since=1.5)}))
+    codec.encode(state)
+    held = len(codec._cache.texts)
+    assert held >= 2  # the map and its value at least (the State itself is never kept)
+    del state
+    gc.collect()
+    assert len(codec._cache.texts) == 0
