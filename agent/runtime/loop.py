@@ -177,7 +177,7 @@ class Runtime:
     def _step(self, batch: Sequence[Input]) -> None:
         """Step a batch onto what is held (or the committed state) and hold the result."""
         started = time.perf_counter()
-        held = self._held or Held(self.state, self.state)
+        held = self._holding()
         state = held.state
         for inp in batch:
             new, out = step(state, inp)
@@ -194,6 +194,10 @@ class Runtime:
         held.stepping += time.perf_counter() - started
         self._held = held
 
+    def _holding(self) -> Held:
+        """What is held, or an empty hold on the committed state."""
+        return self._held or Held(self.state, self.state)
+
     def _may_wait(self) -> bool:
         """Whether what is held may wait for more (see COMMIT_DELAY); sets when until."""
         held = self._held
@@ -207,9 +211,7 @@ class Runtime:
 
     async def _flush(self) -> None:
         """Commit what is held, then act on it."""
-        held, self._held = self._held, None
-        if held is None:
-            held = Held(self.state, self.state)
+        held, self._held = self._holding(), None
         started = time.perf_counter()
         ahead = self._dispatch_ahead(held.actions)
         await self._commit(held.entries, held.state)
