@@ -81,6 +81,9 @@ _VERIFY_ROUNDS = 10
 """The periodic resync checks the state-change timestamp of 1/_VERIFY_ROUNDS of the units."""
 _CHUNK = 256
 """Units read in full at once (bounds the tasks and replies held at a time)."""
+_LIST_CHUNK = 1000
+"""Units per ListUnitsByNames call. dbus-fast keeps the last message it read until the next
+one arrives: a reply for 10,000 units stayed in memory (about 4 MB) while the agent idled."""
 
 
 class _Bus(MessageBus):
@@ -486,14 +489,17 @@ class SystemdAdapter:
         names = sorted(self._cache.watched)
         if not names:
             return
+        verify: AbstractSet[str] = frozenset()
         if deep:
-            await self._fetch(bus, names, force=force, whole=set(names))
-            return
-        size = -(-len(names) // _VERIFY_ROUNDS)
-        start = self._verify_at % len(names)
-        verify = set(names[start : start + size])
-        self._verify_at = start + size
-        await self._fetch(bus, names, force=force, whole=whole, verify=verify)
+            whole = set(names)
+        else:
+            size = -(-len(names) // _VERIFY_ROUNDS)
+            start = self._verify_at % len(names)
+            verify = set(names[start : start + size])
+            self._verify_at = start + size
+        for at in range(0, len(names), _LIST_CHUNK):
+            part = names[at : at + _LIST_CHUNK]
+            await self._fetch(bus, part, force=force, whole=whole, verify=verify)
 
     async def _refresh(self, bus: MessageBus, dirty: dict[str, bool]) -> None:
         """Fetch units a signal pointed at, without loading units that are gone again."""
