@@ -52,6 +52,7 @@ from agent.journal import codec
 from agent.journal.store import Journal
 from agent.runtime.clock import SteadyClock
 from agent.runtime.degraded import health, journal_alert
+from agent.runtime.heap import Heap, keep_trimmed
 from agent.runtime.lanes import RetryPolicy
 from agent.runtime.loop import Runtime
 
@@ -392,6 +393,8 @@ class Daemon:
                 helpers.append(tg.create_task(self._resyncer(), name="resync"))
             helpers.append(tg.create_task(self._notify(rt), name="sd-notify"))
             helpers.append(tg.create_task(self._journal_alarm(rt), name="journal-alarm"))
+            if (libc_heap := Heap.glibc()) is not None:
+                helpers.append(tg.create_task(keep_trimmed(libc_heap), name="heap"))
             if self.outputs is not None and self.outputs.mqtt is not None:
                 tg.create_task(self.outputs.mqtt.run(self._stop), name="mqtt")
             tg.create_task(self._stopper(rt, helpers), name="stopper")
