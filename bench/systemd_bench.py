@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dbus_fast import Message
+from dbus_fast.aio import MessageBus
+
 from agent.adapters.systemd.bus import SystemdAdapter
 from agent.adapters.systemd.protocol import unit_path
 from agent.app import Daemon, Options
@@ -118,7 +121,26 @@ async def reaction(mgr: SystemdUser, work: Path) -> dict[str, float]:
             kills[unit].append(await kill_and_time(mgr, probe, unit))
     daemon.request_stop()
     await task
-    return figures(probe, kills[AGENT_UNIT], kills[FLOOR_UNIT])
+    return {**figures(probe, kills[AGENT_UNIT], kills[FLOOR_UNIT]),
+            "idle_call_ms": await idle_call_ms(mgr.bus_address)}  # fmt: skip
+
+
+async def idle_call_ms(address: str, calls: int = 200) -> float:
+    """Median round trip of a small call to an idle systemd (Get Manager.Version) over the
+    same bus: what the agent's StartUnit costs when systemd is not busy."""
+    bus = await MessageBus(bus_address=address).connect()
+    get = Message(destination="org.freedesktop.systemd1", path="/org/freedesktop/systemd1",
+                  interface="org.freedesktop.DBus.Properties", member="Get", signature="ss",
+                  body=["org.freedesktop.systemd1.Manager", "Version"])  # fmt: skip
+    took = []
+    try:
+        for _ in range(calls):
+            began = time.perf_counter()
+            await bus.call(get)
+            took.append(time.perf_counter() - began)
+    finally:
+        bus.disconnect()
+    return statistics.median(took) * 1000
 
 
 def wire(rt: Runtime, adapter: SystemdAdapter, probe: Probe) -> None:
@@ -274,6 +296,10 @@ def report(r: dict[str, float]) -> None:
         f"batch's journal commit, p50 {r['commit_p50_ms']:.2f} ms, runs alongside the job); "
         f"job issued -> job began in systemd "
         f"{r['agent_job_ms'] - r['signal_ms'] - r['reaction_p50_ms']:.1f} ms (D-Bus call)"
+    )
+    print(
+        f"  an idle systemd answers a call over the same bus in {r['idle_call_ms']:.2f} ms "
+        f"(median): the rest of the D-Bus call's time is systemd still busy with the death"
     )
 
 
