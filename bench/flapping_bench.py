@@ -6,10 +6,12 @@ of CPU per result above what a result that changes nothing costs). The same 50 p
 paths that always answer 200 are the baseline; the difference is the cost of a health change
 (step, journal commit with its fsync, metrics). Under such a storm, batches of observations
 share commits (agent.runtime.loop.COMMIT_DELAY); the same flapping run with commits not shared
-(commit_delay 0) is measured for the ratio. One more flapping run times the runtime's phases
+(commit_delay 0) is measured for the ratio. The three runs are repeated in rounds
+(SETPOINT_BENCH_FLAP_ROUNDS, 3): a shared machine's load drifts, and a single pair of runs
+gave anything from 130 to 200 µs. One more flapping run times the runtime's phases
 (CPU of the event loop's thread, from timers around them), and one under cProfile prints the
 functions that take the time (cProfile inflates small calls: its figures are only for finding
-them). Log lines are formatted and written to /dev/null; /proc splits the CPU by thread (the
+them). Log lines are formatted as the agent does and written to /dev/null; /proc splits the CPU by thread (the
 event loop versus SQLite's worker thread). The agent runs in-process (bus none).
 """
 
@@ -20,9 +22,9 @@ import contextlib
 import cProfile
 import functools
 import io
-import logging
 import os
 import pstats
+import statistics
 import tempfile
 import threading
 import time
@@ -32,6 +34,7 @@ from typing import Any
 
 from agent.app import Daemon, Options
 from agent.core.inputs import Input, ProbeResult
+from agent.interfaces import logs
 from agent.journal import codec
 from agent.journal.store import Journal
 from agent.runtime import loop
@@ -39,6 +42,7 @@ from bench.peers.checks_bench import target_server
 
 PROBES = 50
 WINDOW = float(os.environ.get("SETPOINT_BENCH_FLAP_WINDOW", "10"))
+ROUNDS = int(os.environ.get("SETPOINT_BENCH_FLAP_ROUNDS", "3"))
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -151,34 +155,52 @@ def top(profile: cProfile.Profile, key: str, lines: int) -> str:
     return "\n".join("    " + line for line in body.strip().splitlines())
 
 
+def measure_round(work: Path, port: int) -> tuple[dict[str, float], ...]:
+    """Steady, flapping, and flapping with commits not shared, one after the other (a round:
+    the machine's load drifts less within it than between rounds)."""
+    work.mkdir()
+    return tuple(
+        asyncio.run(run(prepare(work / name, goals(port, kind)), None, delay))
+        for name, kind, delay in (("steady", "steady", None), ("flap", "flap", None),
+                                  ("unshared", "flap", 0.0))
+    )  # fmt: skip
+
+
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the runs."""
+    return {key: statistics.median(r.get(key, 0.0) for r in runs) for key in runs[0]}
+
+
 def main() -> None:
     with open(os.devnull, "w") as null:
-        logging.basicConfig(stream=null, level=logging.INFO, force=True)  # formatted, not shown
+        logs.setup("info", "text", stream=null)  # as the agent logs: formatted, not shown
         measure()
 
 
 def measure() -> None:
     with target_server() as port, tempfile.TemporaryDirectory() as tmp:
-        steady = asyncio.run(run(prepare(Path(tmp) / "steady", goals(port, "steady")), None))
-        flapping = asyncio.run(run(prepare(Path(tmp) / "flap", goals(port, "flap")), None))
-        unshared = asyncio.run(run(prepare(Path(tmp) / "unshared", goals(port, "flap")), None, 0.0))
+        rounds = [measure_round(Path(tmp) / str(n), port) for n in range(ROUNDS)]
         spent: dict[str, float] = {}
         with timed(spent):
             timing = asyncio.run(run(prepare(Path(tmp) / "timed", goals(port, "flap")), None))
         profile = cProfile.Profile(time.thread_time)  # CPU, not wall time (preemption)
         profiled = asyncio.run(run(prepare(Path(tmp) / "profiled", goals(port, "flap")), profile))
-    cost = flapping["per_result_us"] - steady["per_result_us"]
-    alone = unshared["per_result_us"] - steady["per_result_us"]
+    steady, flapping, unshared = (median_run([r[i] for r in rounds]) for i in range(3))
+    costs = sorted(f["per_result_us"] - s["per_result_us"] for s, f, _ in rounds)
+    alone = sorted(u["per_result_us"] - s["per_result_us"] for s, _, u in rounds)
+    cost = statistics.median(costs)
     print(
         f"flapping: {PROBES} probes at 100 ms, every result a health change: "
         f"{flapping['per_result_us']:.0f} µs CPU per result at {flapping['rate']:.0f}/s; "
         f"steady (no change): {steady['per_result_us']:.0f} µs at {steady['rate']:.0f}/s; "
-        f"a journaled health change costs {cost:.0f} µs more (goal <= 150 µs per result)"
+        f"a journaled health change costs {cost:.0f} µs more (median of {ROUNDS} rounds, "
+        f"{costs[0]:.0f}-{costs[-1]:.0f}; goal <= 150 µs per result)"
     )
     print(
         f"  commits shared: {flapping['commits']:.0f} commits/s; each batch its own commit "
-        f"(commit_delay 0): {unshared['commits']:.0f} commits/s, {alone:.0f} µs more per "
-        f"result ({alone / cost:.1f}x)"
+        f"(commit_delay 0): {unshared['commits']:.0f} commits/s, "
+        f"{statistics.median(alone):.0f} µs more per result "
+        f"({statistics.median(alone) / cost:.1f}x)"
     )
     threads = ", ".join(
         f"{name} {sec / WINDOW * 100:.1f}%"

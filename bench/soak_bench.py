@@ -5,7 +5,6 @@ warm-up and the journal bounded (snapshots prune the entries before the oldest o
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sqlite3
 import tempfile
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 from agent.app import Daemon, Options
+from agent.interfaces import logs
 from bench.flapping_bench import goals, prepare
 from bench.peers.checks_bench import target_server
 
@@ -60,7 +60,7 @@ async def soak(work: Path) -> list[tuple[float, float, float]]:
 
 def main() -> None:
     with open(os.devnull, "w") as null:
-        logging.basicConfig(stream=null, level=logging.INFO, force=True)  # formatted, not shown
+        logs.setup("info", "text", stream=null)  # as the agent logs: formatted, not shown
         measure()
 
 

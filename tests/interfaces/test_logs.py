@@ -7,19 +7,25 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from agent.interfaces import logs
+
+SWITCHES = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
 
 
 @pytest.fixture(autouse=True)
 def restore_root_logger() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    switches = {name: getattr(logging, name) for name in SWITCHES}
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, value in switches.items():
+        setattr(logging, name, value)
 
 
 def emit(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -75,3 +81,21 @@ def test_json_one_object_per_line(
     assert entries[1]["message"] == "hello world" and entries[1]["logger"] == "setpoint.test"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entries[1]["ts"])
     assert "ValueError: boom" in entries[4]["exception"]
+
+
+def test_no_caller_thread_or_process_lookups(tmp_path: Path) -> None:
+    """No format shows them, so no line pays for collecting them (the caller lookup walks
+    the stack)."""
+    with (tmp_path / "log").open("w") as out:
+        logs.setup("info", "text", stream=out)
+        records: list[logging.LogRecord] = []
+
+        def keep(record: logging.LogRecord) -> bool:
+            records.append(record)
+            return True
+
+        logging.getLogger().handlers[0].addFilter(keep)
+        logging.getLogger("setpoint.test").info("hello")
+    assert records[0].funcName == "(unknown function)" and records[0].lineno == 0
+    assert records[0].thread is None and records[0].process is None
+    assert (tmp_path / "log").read_text().endswith("setpoint.test: hello\n")
