@@ -11,8 +11,9 @@ share commits (agent.runtime.loop.COMMIT_DELAY); the same flapping run with comm
 gave anything from 130 to 200 µs. One more flapping run times the runtime's phases
 (CPU of the event loop's thread, from timers around them), and one under cProfile prints the
 functions that take the time (cProfile inflates small calls: its figures are only for finding
-them). Log lines are formatted as the agent does and written to /dev/null; /proc splits the CPU by thread (the
-event loop versus SQLite's worker thread). The agent runs in-process (bus none).
+them). Log lines are formatted as the agent does and written to /dev/null; /proc splits the
+CPU by thread (the event loop versus SQLite's worker thread). The agent runs in-process (bus
+none).
 """
 
 from __future__ import annotations
