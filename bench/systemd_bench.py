@@ -25,7 +25,7 @@ from dbus_fast import Message
 from dbus_fast.aio import MessageBus
 
 from agent.adapters.systemd.bus import SystemdAdapter
-from agent.adapters.systemd.protocol import unit_path
+from agent.adapters.systemd.protocol import MANAGER, MANAGER_PATH, PROPERTIES, SYSTEMD, unit_path
 from agent.app import Daemon, Options
 from agent.core.actions import TrackedAction, UnitJob
 from agent.core.inputs import Input, UnitObserved
@@ -129,9 +129,8 @@ async def idle_call_ms(address: str, calls: int = 200) -> float:
     """Median round trip of a small call to an idle systemd (Get Manager.Version) over the
     same bus: what the agent's StartUnit costs when systemd is not busy."""
     bus = await MessageBus(bus_address=address).connect()
-    get = Message(destination="org.freedesktop.systemd1", path="/org/freedesktop/systemd1",
-                  interface="org.freedesktop.DBus.Properties", member="Get", signature="ss",
-                  body=["org.freedesktop.systemd1.Manager", "Version"])  # fmt: skip
+    get = Message(destination=SYSTEMD, path=MANAGER_PATH, interface=PROPERTIES, member="Get",
+                  signature="ss", body=[MANAGER, "Version"])  # fmt: skip
     took = []
     try:
         for _ in range(calls):
