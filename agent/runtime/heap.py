@@ -22,6 +22,7 @@ EVERY = 60.0
 """Seconds between checks."""
 WORTH = 4 * 2**20
 """Free heap bytes that make a trim worth it."""
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 _FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
@@ -69,9 +70,6 @@ def resident() -> int:
     """This process's resident memory in bytes."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE
-
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 async def keep_trimmed(heap: Heap, every: float = EVERY) -> None:
