@@ -85,7 +85,10 @@ if any(a.startswith("MESSAGE_ID=") for a in args):
 elif any(a.startswith("_SYSTEMD_UNIT=") for a in args):
     print(json.dumps({"_SYSTEMD_INVOCATION_ID": OTHER}))
 else:
-    for i in range(25):
+    with open(os.environ["FAKE_LOG"]) as log:
+        reads = sum("_SYSTEMD_INVOCATION_ID=" in line for line in log)
+    shown = {"late": [0, 10, 25][min(reads, 3) - 1], "silent": 0}.get(mode, 25)
+    for i in range(shown):
         print(json.dumps({"MESSAGE": f"line {i}", "_SYSTEMD_INVOCATION_ID": INV}))
 """
 
@@ -110,11 +113,33 @@ async def test_ended_invocation_then_its_last_lines(fake: tuple[list[str], Path]
     got = await UnitLogs(journalctl=argv).last_lines("web.service", ended=True)
     assert got.invocation == INV and got.unit == "web.service"
     assert got.lines == tuple(f"line {i}" for i in range(5, 25)) and got.truncated
-    find, lines = calls(log)
+    find, lines, again = calls(log)  # read twice: the two reads agree
+    assert again == lines
     assert find[:6] == ["--no-pager", "--quiet", "-o", "json", "-r", "-n"] and find[6] == "1"
     assert "UNIT=web.service" in find
     assert {a.removeprefix("MESSAGE_ID=") for a in find if "MESSAGE_ID=" in a} == set(ENDED)
     assert lines[-1] == f"_SYSTEMD_INVOCATION_ID={INV}" and "21" in lines
+
+
+@pytest.mark.parametrize(
+    ("mode", "shown", "reads"),
+    [("late", tuple(f"line {i}" for i in range(5, 25)), 4), ("silent", (), 6)],
+)
+async def test_an_ended_invocations_lines_are_read_until_they_settle(
+    fake: tuple[list[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+    shown: tuple[str, ...],
+    reads: int,
+) -> None:
+    """journald can store the manager's "exited" before the process's last lines: those that
+    arrive late are waited for, and a silent invocation is believed once `quiet` has passed."""
+    argv, log = fake
+    monkeypatch.setenv("FAKE_MODE", mode)
+    reader = UnitLogs(journalctl=argv, limits=Limits(settle=0.01, quiet=0.05))
+    got = await reader.last_lines("web.service", ended=True)
+    assert got.lines == shown
+    assert len(calls(log)) == 1 + reads
 
 
 async def test_running_invocation_and_user_units(fake: tuple[list[str], Path]) -> None:

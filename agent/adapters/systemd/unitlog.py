@@ -8,7 +8,9 @@ bytes read), so reading the journal never blocks the event loop. Two small queri
    for an alert about the running invocation, of a start job; its INVOCATION_ID (USER_ for a
    user manager) names the invocation. Without such a message, the unit's newest own line's.
 2. that invocation's last lines: `_SYSTEMD_INVOCATION_ID=<id> -n N`, then kept within a byte
-   budget (the newest lines win; an over-long line is cut).
+   budget (the newest lines win; an over-long line is cut). For an invocation that ended, read
+   again until two reads agree: journald takes a process's output through its own stream socket,
+   so the manager's "exited" message can be in the journal before the process's last lines are.
 
 Any trouble (no journalctl, no access, no entries, too slow) is a JournalUnreadable saying why.
 """
@@ -50,6 +52,11 @@ class Limits:
     timeout: float = 5.0
     read_bytes: int = 1 << 20
     """Most bytes read from one journalctl; it is killed beyond."""
+    settle: float = 0.2
+    """Seconds between reads of an ended invocation's lines, until two agree."""
+    quiet: float = 1.0
+    """An ended invocation that shows no lines is read again for this long before it counts as
+    one that printed nothing."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +145,30 @@ class UnitLogs:
     async def last_lines(self, unit: str, *, ended: bool) -> UnitLog:
         """The last lines of the invocation that ended last (`ended`) or is running."""
         invocation = await self.invocation(unit, ended=ended)
-        n = str(max(1, self.limits.lines) + 1)  # one more: were any left out?
-        found = await self._query("-n", n, "--output-fields=MESSAGE",
-                                  f"_SYSTEMD_INVOCATION_ID={invocation}")  # fmt: skip
+        found = await self._lines(invocation)
+        if ended:
+            found = await self._settled(invocation, found)
         messages = [text(e.get("MESSAGE")) for e in found]
         lines, cut = bounded(messages, self.limits.lines, self.limits.max_bytes)
         return UnitLog(unit, invocation, lines, cut)
+
+    async def _lines(self, invocation: str) -> list[dict[str, Any]]:
+        n = str(max(1, self.limits.lines) + 1)  # one more: were any left out?
+        return await self._query("-n", n, "--output-fields=MESSAGE",
+                                 f"_SYSTEMD_INVOCATION_ID={invocation}")  # fmt: skip
+
+    async def _settled(self, invocation: str, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The ended invocation's lines once two reads `settle` apart agree (and, while there
+        are none, `quiet` has passed), or as last read when `timeout` runs out."""
+        waited = 0.0
+        while waited < self.limits.timeout:
+            await asyncio.sleep(self.limits.settle)
+            waited += self.limits.settle
+            again = await self._lines(invocation)
+            if again == found and (found or waited >= self.limits.quiet):
+                return found
+            found = again
+        return found
 
     async def invocation(self, unit: str, *, ended: bool) -> str:
         """The invocation an alert about `unit` is about; JournalUnreadable when none is found."""
