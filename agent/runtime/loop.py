@@ -32,10 +32,13 @@ log = logging.getLogger("setpoint.runtime")
 RECHECK_MAX = 2.0
 """Seconds between two tries of a journal that cannot write (degraded mode)."""
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
-COMMIT_DELAY = 0.02
+COMMIT_DELAY = 0.05
 """Seconds a batch of observations that starts nothing may wait after the previous commit, to
 share the next one. Only such batches wait, and only under load: what it risks is at most
-this much of observations, which the agent makes again after a crash."""
+this much of observations, which the agent makes again after a crash (and their log lines
+come that much later). A commit costs about 0.6 ms of CPU whatever it holds (the state digest,
+SQLite's fsync, the thread hop); at 500 health changes/s, 50 ms instead of 20 ms took a
+journaled change from 130 to 95 µs (flapping_bench)."""
 OBSERVATIONS = (ProbeResult, UnitObserved, Tick)
 
 
