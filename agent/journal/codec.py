@@ -13,7 +13,10 @@ same structure.
 
 Core values are immutable, so the encoded text of each dataclass and Map is cached by identity
 (holding a reference, so the id cannot be reused): encoding a State that shares most of its
-structure with the previous one costs only what changed.
+structure with the previous one costs only what changed. A big Map of the State (services at
+10,000 units) is new at every commit that changes one of its values; its text is then made
+from the previous version's pairs in key order, replacing those whose value changed (see
+_Lineage), instead of sorting and joining every pair again.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from __future__ import annotations
 import dataclasses
 import gc
 import hashlib
+import itertools
 import json
 import math
+import operator
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,7 +71,7 @@ def encode(obj: Any) -> bytes:
     with _gc_paused(True):
         _cache.on = True
         try:
-            text = _enc(obj)
+            text = _dataclass(obj, lineage=_lineages)
         finally:
             _cache.on = False
     return text.encode("ascii")
@@ -146,12 +151,13 @@ class _Cache:
             self.texts[ref.key] = ref
 
     def _gone(self, ref: weakref.ref[Any]) -> None:
-        key = ref.key if isinstance(ref, _Text) else None
+        key: int | None = getattr(ref, "key", None)  # not isinstance: safe at interpreter exit
         if key is not None and self.texts.get(key) is ref:
             del self.texts[key]
 
     def clear(self) -> None:
         self.texts.clear()
+        _lineages.clear()
 
 
 _cache = _Cache()
@@ -220,9 +226,10 @@ def _kind(default: object) -> int:
     return _DEEP
 
 
-def _dataclass(obj: Any, keep: bool = False) -> str:
+def _dataclass(obj: Any, keep: bool = False, lineage: dict[str, _Lineage] | None = None) -> str:
     """`obj`'s text; kept in the cache when `keep` or when long enough to be worth an entry
-    (small nested values cost more as entries than they take to encode again)."""
+    (small nested values cost more as entries than they take to encode again). `lineage`
+    (for the State): its big Maps' previous versions, by field."""
     text = _cache.get(obj)
     if text is not None:
         return text
@@ -237,6 +244,9 @@ def _dataclass(obj: Any, keep: bool = False) -> str:
                 parts.append(f.key + text)
             continue
         if f.kind and type(value) is type(f.default) and value == f.default and _exact(f, value):
+            continue
+        if lineage is not None and type(value) is Map and len(value) >= _LINEAGE_MIN:
+            parts.append(f.key + _big_map(lineage, f.name, value))
             continue
         parts.append(f.key + _ENCODERS.get(type(value), _other)(value))
     text = ",".join(parts) + "}"
@@ -264,10 +274,64 @@ def _sorted_items(m: Map[Any, Any]) -> list[tuple[Any, Any]]:
 def _map(m: Map[Any, Any]) -> str:
     text = _cache.get(m)
     if text is None:
-        pairs = ["[" + _enc(k) + "," + _value(v) + "]" for k, v in _sorted_items(m)]
+        pairs = [_pair(k, v) for k, v in _sorted_items(m)]
         text = '{"_m":[' + ",".join(pairs) + "]}"
         _cache.put(m, text)
     return text
+
+
+_LINEAGE_MIN = 256
+"""Entries from which a State's Map is encoded from its previous version (see _Lineage)."""
+
+
+class _Lineage:
+    """The last encoded version of one of the State's big Maps: its keys and values in the
+    Map's own order (a HAMT's: the same for the same keys), and the pairs' texts in key order.
+    The next version with the same keys is compared value by value, by identity and in C, and
+    only the pairs whose value changed get a new text; one whose keys differ is encoded afresh
+    and becomes the lineage."""
+
+    __slots__ = ("keys", "pairs", "slot", "values")
+
+    def __init__(self, m: Map[Any, Any]) -> None:
+        self.keys = keys = list(m.keys())
+        self.values = values = list(m.values())
+        try:  # positions in key order (sorting the keys alone: items compare as tuples, 3x slower)
+            order = sorted(range(len(keys)), key=keys.__getitem__)
+        except TypeError:  # mixed key types
+            order = sorted(range(len(keys)), key=lambda i: (type(keys[i]) is str, keys[i]))
+        self.slot = dict(zip(order, range(len(order)), strict=True))
+        self.pairs = [_pair(keys[i], values[i]) for i in order]
+
+    def follow(self, m: Map[Any, Any]) -> bool:
+        """Update to `m`; False (and unusable) when its keys are not the same."""
+        keys = list(m.keys())
+        if keys != self.keys:
+            return False
+        values = list(m.values())
+        for i in itertools.compress(range(len(keys)), map(operator.is_not, values, self.values)):
+            self.pairs[self.slot[i]] = _pair(keys[i], values[i])
+        self.values = values
+        return True
+
+
+_lineages: dict[str, _Lineage] = {}
+"""By State field: the last version encoded (it holds that version's values, as the State does)."""
+
+
+def _big_map(lineages: dict[str, _Lineage], name: str, m: Map[Any, Any]) -> str:
+    text = _cache.get(m)
+    if text is None:
+        line = lineages.get(name)
+        if line is None or not line.follow(m):
+            line = lineages[name] = _Lineage(m)
+        text = '{"_m":[' + ",".join(line.pairs) + "]}"
+        _cache.put(m, text)
+    return text
+
+
+def _pair(k: Any, v: Any) -> str:
+    return "[" + _enc(k) + "," + _value(v) + "]"
 
 
 def _value(v: Any) -> str:

@@ -119,6 +119,46 @@ def test_warm_cache_gives_the_cold_encoding() -> None:
     assert warm == codec.encode(changed) != first
 
 
+BIG = codec._LINEAGE_MIN + 4
+EDITS = st.lists(
+    st.tuples(st.sampled_from(["set", "same", "equal", "add", "delete"]), st.integers(0, BIG + 8)),
+    min_size=1,
+    max_size=12,
+)
+
+
+@FAST
+@given(EDITS)
+def test_a_big_map_encoded_from_its_previous_version_is_its_fresh_encoding(
+    edits: list[tuple[str, int]],
+) -> None:
+    """A State's big Map follows its previous version (codec._Lineage): after any sequence of
+    values changed, kept, replaced by equal ones, keys added and removed, every commit's text
+    is the one encoding without any cache gives."""
+    names = [f"s{i:03d}" for i in range(BIG)]
+    state = State(
+        services=Map({n: ServiceState(since=float(i)) for i, n in enumerate(names)}),
+        pending=Map({i: UnitJob(i, f"s{i:03d}.service", "start", "") for i in range(BIG)}),
+    )
+    codec.encode(state)
+    for n, (op, i) in enumerate(edits):
+        name = f"s{i:03d}"
+        services, pending = state.services, state.pending
+        if op == "set":
+            services = services.set(name, ServiceState(lifecycle="Running", since=float(n)))
+            pending = pending.set(i, UnitJob(i, f"{name}.service", "restart", name))
+        elif op == "equal" and name in services:
+            services = services.set(name, dataclasses.replace(services[name]))
+        elif op == "add":
+            services = services.set(f"new{n}", ServiceState())
+            pending = pending.set(10_000 + n, UnitJob(10_000 + n, "x.service", "stop", ""))
+        elif op == "delete" and name in services:
+            services, pending = services.delete(name), pending.delete(i)
+        state = dataclasses.replace(state, services=services, pending=pending)
+        assert codec.encode(state) == codec._enc(state).encode("ascii")  # no cache, no lineage
+    assert "services" in codec._lineages
+
+
 def test_digest_is_sha256_of_encoding() -> None:
     import hashlib
 
