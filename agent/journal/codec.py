@@ -304,9 +304,9 @@ class _Lineage:
         self.pairs = [_pair(keys[i], values[i]) for i in order]
 
     def follow(self, m: Map[Any, Any]) -> bool:
-        """Update to `m`; False (and unusable) when its keys are not the same."""
-        keys = list(m.keys())
-        if keys != self.keys:
+        """Update to `m`; False (and unusable) when its keys are not the same objects."""
+        keys = list(m.keys())  # the very same key objects: 1 and True are one key, two texts
+        if len(keys) != len(self.keys) or not all(map(operator.is_, keys, self.keys)):
             return False
         values = list(m.values())
         for i in itertools.compress(range(len(keys)), map(operator.is_not, values, self.values)):

@@ -159,6 +159,16 @@ def test_a_big_map_encoded_from_its_previous_version_is_its_fresh_encoding(
     assert "services" in codec._lineages
 
 
+def test_a_big_map_whose_key_turns_into_an_equal_one_of_another_type_is_encoded_afresh() -> None:
+    jobs = {i: UnitJob(i, f"s{i:03d}.service", "start", "") for i in range(BIG)}
+    state = State(pending=Map(jobs))
+    codec.encode(state)
+    rekeyed = state.pending.delete(1).set(True, jobs[1])  # 1 == True: the same key, new text
+    state = dataclasses.replace(state, pending=rekeyed)
+    assert codec.encode(state) == codec._enc(state).encode("ascii")
+    assert b"[true," in codec.encode(state)
+
+
 def test_digest_is_sha256_of_encoding() -> None:
     import hashlib
 
