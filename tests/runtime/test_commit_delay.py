@@ -103,6 +103,41 @@ async def test_an_input_that_starts_an_effect_is_committed_at_once(journal: Coun
     await task
 
 
+async def test_a_unit_job_reaches_the_bus_before_its_batch_is_encoded(tmp_path: Path) -> None:
+    """Unit jobs start while their batch commits, and the commit begins by encoding the batch
+    and digesting the state (milliseconds at 10,000 services): the job's call, written by a
+    task of its own as the systemd adapter does, goes out first."""
+    events: list[str] = []
+
+    class Noted(Journal):
+        async def commit(self, entries: Sequence[Entry], state: State) -> None:
+            if any(getattr(e.input, "active", "") == "failed" for e in entries):
+                events.append("encoding")
+            await super().commit(entries, state)
+
+    async def start(action: TrackedAction) -> str:
+        events.append("lane")
+
+        async def write() -> None:
+            events.append("written")
+
+        await asyncio.ensure_future(write())
+        return "done"
+
+    journal = await Noted.open(tmp_path / "noted")
+    rt = Runtime(journal, State())
+    rt.lanes.register("systemd", start)
+    task = await running(rt)
+    try:
+        rt.submit(UnitObserved("web.service", "failed", "failed", 3.0))
+        await wait_until_async(lambda: {"encoding", "written"} <= set(events), 2, "the restart")
+        assert events[:3] == ["lane", "written", "encoding"]
+    finally:
+        rt.stop()
+        await task
+        await journal.close()
+
+
 async def test_a_lone_observation_waits_for_nothing_and_a_held_one_not_long(
     journal: Counted,
 ) -> None:
