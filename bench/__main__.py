@@ -9,6 +9,8 @@ import importlib
 import os
 import sys
 
+from agent.interfaces import logs
+
 BENCHES = [
     "bench.step_bench",
     "bench.idle_bench",
@@ -27,11 +29,13 @@ BENCHES = [
 
 def main() -> int:
     only = [word for word in os.environ.get("SETPOINT_BENCH_ONLY", "").split(",") if word]
-    for name in BENCHES:
-        if only and not any(word in name for word in only):
-            continue
-        print(f"== {name}", flush=True)
-        importlib.import_module(name).main()
+    with open(os.devnull, "w") as null:
+        logs.setup("info", "text", stream=null)  # agents run in-process log as they would, unseen
+        for name in BENCHES:
+            if only and not any(word in name for word in only):
+                continue
+            print(f"== {name}", flush=True)
+            importlib.import_module(name).main()
     return 0
 
 
