@@ -47,7 +47,7 @@ task reaches the call, whose own task writes it (adapters.systemd.bus._bus_call)
 
 async def _let_out() -> None:
     """Give the jobs just dispatched the turns they need to reach systemd before the batch's
-    encoding holds the loop (its state digest: about 4 ms at 10,000 services)."""
+    encoding holds the loop (its state digest: 4-6 ms at 10,000 services)."""
     for _ in range(LET_OUT_TURNS):
         await asyncio.sleep(0)
 
