@@ -268,16 +268,24 @@ def _sorted_items(m: Map[Any, Any]) -> list[tuple[Any, Any]]:
     try:
         return sorted(m.items())  # keys are unique: values are never compared
     except TypeError:  # mixed key types
-        return sorted(m.items(), key=lambda kv: (type(kv[0]) is str, kv[0]))
+        return sorted(m.items(), key=lambda kv: _mixed(kv[0]))
+
+
+def _mixed(key: Any) -> tuple[bool, Any]:
+    """A Map key's place when the keys' types cannot be compared: other types before str."""
+    return type(key) is str, key
 
 
 def _map(m: Map[Any, Any]) -> str:
     text = _cache.get(m)
     if text is None:
-        pairs = [_pair(k, v) for k, v in _sorted_items(m)]
-        text = '{"_m":[' + ",".join(pairs) + "]}"
+        text = _map_text([_pair(k, v) for k, v in _sorted_items(m)])
         _cache.put(m, text)
     return text
+
+
+def _map_text(pairs: list[str]) -> str:
+    return '{"_m":[' + ",".join(pairs) + "]}"
 
 
 _LINEAGE_MIN = 256
@@ -299,7 +307,7 @@ class _Lineage:
         try:  # positions in key order (sorting the keys alone: items compare as tuples, 3x slower)
             order = sorted(range(len(keys)), key=keys.__getitem__)
         except TypeError:  # mixed key types
-            order = sorted(range(len(keys)), key=lambda i: (type(keys[i]) is str, keys[i]))
+            order = sorted(range(len(keys)), key=lambda i: _mixed(keys[i]))
         self.slot = dict(zip(order, range(len(order)), strict=True))
         self.pairs = [_pair(keys[i], values[i]) for i in order]
 
@@ -325,7 +333,7 @@ def _big_map(lineages: dict[str, _Lineage], name: str, m: Map[Any, Any]) -> str:
         line = lineages.get(name)
         if line is None or not line.follow(m):
             line = lineages[name] = _Lineage(m)
-        text = '{"_m":[' + ",".join(line.pairs) + "]}"
+        text = _map_text(line.pairs)
         _cache.put(m, text)
     return text
 
