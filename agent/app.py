@@ -34,7 +34,7 @@ from agent.adapters.mqtt import no_broker
 from agent.adapters.mqtt.config import MqttConfig
 from agent.adapters.probes import Prober
 from agent.adapters.systemd.bus import SystemdAdapter
-from agent.adapters.systemd.unitlog import Limits, UnitLogs
+from agent.adapters.systemd.unitlog import LastProcess, Limits, UnitLogs
 from agent.core.actions import JobOp, RunEffect, TrackedAction, UnitJob
 from agent.core.alerts import ALERTMANAGER_RESEND
 from agent.core.inputs import GoalsLoaded, GoalsRejected, Input, ProbeResult, Tick
@@ -139,12 +139,14 @@ class Options:
     unit_logs: Limits = field(default_factory=Limits)
 
 
-def alert_logs(rt: Runtime, bus: str, limits: Limits) -> AlertLogs | None:
+def alert_logs(
+    rt: Runtime, bus: str, limits: Limits, last_process: LastProcess | None = None
+) -> AlertLogs | None:
     """Unit log lines for service alerts, from the journal of the bus's manager (none without
     a bus, or with `limits.lines` 0)."""
     if bus == "none" or limits.lines <= 0:
         return None
-    reader = UnitLogs(user=bus == "user", limits=limits)
+    reader = UnitLogs(user=bus == "user", limits=limits, last_process=last_process)
 
     async def read(unit: str, ended: bool) -> dict[str, Any]:
         return (await reader.last_lines(unit, ended=ended)).doc()
@@ -317,7 +319,7 @@ class Daemon:
             self.opts.mqtt,
             self.opts.hostname,
             http_port=self.opts.http_port,
-            logs=alert_logs(rt, self.opts.bus, self.opts.unit_logs),
+            logs=alert_logs(rt, self.opts.bus, self.opts.unit_logs, self._last_process),
             clock=self.clock,
             to_wall=self._to_wall,
         )
@@ -343,6 +345,10 @@ class Daemon:
             raise PermanentError(f"action {action.id} is not a unit job")
 
         rt.lanes.register("systemd", unit_job, RetryPolicy(attempts=3, initial=0.2))
+
+    async def _last_process(self, unit: str) -> tuple[str, int]:
+        """The unit's invocation and main PID from the manager (unit log lines for alerts)."""
+        return await self.systemd.last_process(unit) if self.systemd else ("", 0)
 
     def _load(self, rt: Runtime, goals: GoalSet) -> None:
         rt.submit(GoalsLoaded(goals, self.clock()))

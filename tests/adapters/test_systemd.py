@@ -490,6 +490,29 @@ async def test_a_unit_that_fails_to_start_reports_systemds_reason(
 
 
 @pytest.mark.systemd
+async def test_last_process_names_the_ended_invocation_and_its_main_pid(
+    systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
+) -> None:
+    """What unit log lines journald could not tag are found by (unitlog.py)."""
+    ad, rec = adapter
+    text = "[Service]\nExecStart=/bin/sh -c 'echo bye; exit 3'\n"
+    unit = await asyncio.to_thread(new_unit, systemd_user, "ends", text)
+    assert await ad.last_process(unit) == ("", 0)  # loaded, never started
+    ad.watch([unit])
+    for _ in range(2):
+        mark = rec.mark()
+        await ad.run_job(unit, "start", timeout=10, unit_failure_ok=True)
+        await rec.wait(unit, active("failed"), since=mark)
+        invocation, pid = await ad.last_process(unit)
+        assert invocation == await asyncio.to_thread(systemd_user.show, unit, "InvocationID")
+        assert pid == int(await asyncio.to_thread(systemd_user.show, unit, "ExecMainPID")) > 0
+    for other in (new_unit(systemd_user, "missing", text=None), "default.target", "no-suffix"):
+        assert await ad.last_process(other) == ("", 0)
+    await ad.close()
+    assert await ad.last_process(unit) == ("", 0)
+
+
+@pytest.mark.systemd
 async def test_a_queued_shutdown_is_reported_and_refuses_new_jobs(
     systemd_user: SystemdUser, adapter: tuple[SystemdAdapter, ObservationRecorder]
 ) -> None:

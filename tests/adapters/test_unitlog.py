@@ -24,6 +24,7 @@ from agent.adapters.systemd.unitlog import (
     STARTED,
     TOO_LONG,
     JournalUnreadable,
+    LastProcess,
     Limits,
     UnitLogs,
     bounded,
@@ -82,11 +83,17 @@ if mode == "fail":
 if any(a.startswith("MESSAGE_ID=") for a in args):
     if mode != "no-manager":
         print(json.dumps({"INVOCATION_ID": INV, "__CURSOR": "c"}))
-elif any(a.startswith("_SYSTEMD_UNIT=") for a in args):
+elif "-r" in args:  # the unit's newest own line
     print(json.dumps({"_SYSTEMD_INVOCATION_ID": OTHER}))
 else:
     with open(os.environ["FAKE_LOG"]) as log:
         reads = sum("_SYSTEMD_INVOCATION_ID=" in line for line in log)
+    if mode == "untagged":  # journald read them after the process had died
+        if "_PID=4242" in args:
+            for i in range(25):
+                print(json.dumps({"MESSAGE": f"line {i}"}))
+            print(json.dumps({"MESSAGE": "PID reused", "_SYSTEMD_INVOCATION_ID": OTHER}))
+        sys.exit(0)
     shown = {"late": [0, 10, 25][min(reads, 3) - 1], "silent": 0}.get(mode, 25)
     for i in range(shown):
         print(json.dumps({"MESSAGE": f"line {i}", "_SYSTEMD_INVOCATION_ID": INV}))
@@ -142,10 +149,55 @@ async def test_an_ended_invocations_lines_are_read_until_they_settle(
     assert len(calls(log)) == 1 + reads
 
 
+def last_process(invocation: str, pid: int) -> LastProcess:
+    async def ask(unit: str) -> tuple[str, int]:
+        assert unit == "web.service"
+        return invocation, pid
+
+    return ask
+
+
+@pytest.mark.parametrize("user", [False, True])
+async def test_an_ended_main_process_lines_journald_could_not_tag(
+    fake: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch, user: bool
+) -> None:
+    """A process that dies before journald reads its first line leaves lines with no
+    invocation, only the unit its stream named and its PID: the manager's ExecMainPID for the
+    invocation finds them; a line of that PID tagged with another invocation is not taken."""
+    argv, log = fake
+    monkeypatch.setenv("FAKE_MODE", "untagged")
+    limits = Limits(settle=0.01, quiet=0.05)
+    reader = UnitLogs(journalctl=argv, limits=limits, user=user,
+                      last_process=last_process(INV, 4242))  # fmt: skip
+    got = await reader.last_lines("web.service", ended=True)
+    assert got.invocation == INV and got.lines == tuple(f"line {i}" for i in range(5, 25))
+    query = calls(log)[1]
+    units = ["_SYSTEMD_USER_UNIT", "_SYSTEMD_UNIT"] if user else ["_SYSTEMD_UNIT"]
+    assert query[query.index(f"_SYSTEMD_INVOCATION_ID={INV}") + 1 :] == [
+        a for u in units for a in ("+", "_PID=4242", f"{u}=web.service")
+    ]
+
+
+@pytest.mark.parametrize("known", [("f" * 32, 4242), (INV, 0), ("", 0)])
+async def test_untagged_lines_only_of_the_invocation_the_manager_vouches_for(
+    fake: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch, known: tuple[str, int]
+) -> None:
+    """The manager has begun another invocation (its PID is not this one's), or knows none:
+    only tagged lines count, here none."""
+    argv, log = fake
+    monkeypatch.setenv("FAKE_MODE", "untagged")
+    reader = UnitLogs(journalctl=argv, limits=Limits(settle=0.01, quiet=0.05),
+                      last_process=last_process(*known))  # fmt: skip
+    got = await reader.last_lines("web.service", ended=True)
+    assert got.lines == () and "+" not in calls(log)[1]
+
+
 async def test_running_invocation_and_user_units(fake: tuple[list[str], Path]) -> None:
     argv, log = fake
-    await UnitLogs(journalctl=argv, user=True).last_lines("web.service", ended=False)
-    find = calls(log)[0]
+    reader = UnitLogs(journalctl=argv, user=True, last_process=last_process(INV, 4242))
+    await reader.last_lines("web.service", ended=False)
+    find, lines = calls(log)
+    assert "+" not in lines  # a running process is alive for journald to tag its lines
     assert "USER_UNIT=web.service" in find
     assert [a for a in find if "MESSAGE_ID=" in a] == [f"MESSAGE_ID={m}" for m in STARTED]
 

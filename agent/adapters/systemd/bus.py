@@ -250,6 +250,28 @@ class SystemdAdapter:
             raise convert(err, what) from err
         return job_outcome(unit, op, result, unit_failure_ok)
 
+    async def last_process(self, unit: str) -> tuple[str, int]:
+        """The service's current invocation id (hex) and the PID of that invocation's main
+        process, running or ended (ExecMainPID); ("", 0) when unknown: not connected, no such
+        unit, or a new invocation began while they were read."""
+        bus = self._bus
+        if bus is None or not self._ready.is_set():
+            return "", 0
+        path = unit_path(unit)
+
+        async def get(interface: str, name: str) -> Any:
+            reply = await self._call(bus, path, PROPERTIES, "Get", "ss", [interface, name])
+            return reply.body[0].value
+
+        try:
+            invocation = bytes(await get(UNIT, "InvocationID")).hex()
+            pid = int(await get(SERVICE, "ExecMainPID"))
+            same = bytes(await get(UNIT, "InvocationID")).hex() == invocation
+        except (TransientError, ReplyError, TypeError, ValueError) as err:
+            log.debug("systemd: no main process for %s: %s", unit, err)
+            return "", 0
+        return (invocation, pid) if same and pid > 0 else ("", 0)
+
     async def run(self) -> None:
         """Connect, serve until the connection drops, reconnect with backoff; until close()."""
         delay = _BACKOFF_MIN

@@ -12,6 +12,12 @@ bytes read), so reading the journal never blocks the event loop. Two small queri
    again until two reads agree: journald takes a process's output through its own stream socket,
    so the manager's "exited" message can be in the journal before the process's last lines are.
 
+journald tags a stream's lines with the unit and invocation when it reads the first one; a
+process that dies before that (a busy journald, a service that prints and exits at once) leaves
+lines with only the unit the stream named and the PID that opened it. So for an ended invocation
+the lines of its main process (ExecMainPID, asked from the manager) that carry no invocation
+count too.
+
 Any trouble (no journalctl, no access, no entries, too slow) is a JournalUnreadable saying why.
 """
 
@@ -21,7 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,8 +134,13 @@ def invocation_of(entry: dict[str, Any]) -> str:
     return ""
 
 
+LastProcess = Callable[[str], Awaitable[tuple[str, int]]]
+"""A unit's current invocation id and its main process's PID, ("", 0) when unknown."""
+
+
 class UnitLogs:
-    """Reads units' journals with journalctl (`user` for units of a user manager)."""
+    """Reads units' journals with journalctl (`user` for units of a user manager); with
+    `last_process`, also the untagged lines of an ended invocation's main process."""
 
     def __init__(
         self,
@@ -137,34 +148,54 @@ class UnitLogs:
         user: bool = False,
         limits: Limits = Limits(),
         journalctl: Sequence[str] = ("journalctl",),
+        last_process: LastProcess | None = None,
     ) -> None:
         self.user = user
         self.limits = limits
         self._argv = (*journalctl, "--no-pager", "--quiet", "-o", "json")
+        self._last_process = last_process
 
     async def last_lines(self, unit: str, *, ended: bool) -> UnitLog:
         """The last lines of the invocation that ended last (`ended`) or is running."""
         invocation = await self.invocation(unit, ended=ended)
-        found = await self._lines(invocation)
+        matches = [f"_SYSTEMD_INVOCATION_ID={invocation}"]
         if ended:
-            found = await self._settled(invocation, found)
+            matches += await self._untagged(unit, invocation)
+        found = await self._lines(invocation, matches)
+        if ended:
+            found = await self._settled(invocation, matches, found)
         messages = [text(e.get("MESSAGE")) for e in found]
         lines, cut = bounded(messages, self.limits.lines, self.limits.max_bytes)
         return UnitLog(unit, invocation, lines, cut)
 
-    async def _lines(self, invocation: str) -> list[dict[str, Any]]:
-        n = str(max(1, self.limits.lines) + 1)  # one more: were any left out?
-        return await self._query("-n", n, "--output-fields=MESSAGE",
-                                 f"_SYSTEMD_INVOCATION_ID={invocation}")  # fmt: skip
+    async def _untagged(self, unit: str, invocation: str) -> list[str]:
+        """journalctl matches, OR-ed on, for the lines of `invocation`'s main process that
+        journald could not tag; none when the manager cannot tell that process."""
+        if self._last_process is None:
+            return []
+        current, pid = await self._last_process(unit)
+        if current != invocation or pid <= 0:
+            return []
+        fields = ("_SYSTEMD_USER_UNIT", "_SYSTEMD_UNIT") if self.user else ("_SYSTEMD_UNIT",)
+        return [m for f in fields for m in ("+", f"_PID={pid}", f"{f}={unit}")]
 
-    async def _settled(self, invocation: str, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _lines(self, invocation: str, matches: Sequence[str]) -> list[dict[str, Any]]:
+        """The newest lines `matches` selects, but those tagged with another invocation."""
+        n = str(max(1, self.limits.lines) + 1)  # one more: were any left out?
+        found = await self._query("-n", n, "--output-fields=MESSAGE,_SYSTEMD_INVOCATION_ID",
+                                  *matches)  # fmt: skip
+        return [e for e in found if e.get("_SYSTEMD_INVOCATION_ID", invocation) == invocation]
+
+    async def _settled(
+        self, invocation: str, matches: Sequence[str], found: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         """The ended invocation's lines once two reads `settle` apart agree (and, while there
         are none, `quiet` has passed), or as last read when `timeout` runs out."""
         waited = 0.0
         while waited < self.limits.timeout:
             await asyncio.sleep(self.limits.settle)
             waited += self.limits.settle
-            again = await self._lines(invocation)
+            again = await self._lines(invocation, matches)
             if again == found and (found or waited >= self.limits.quiet):
                 return found
             found = again
