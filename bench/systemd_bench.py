@@ -4,6 +4,9 @@
 (b) kill -9 -> unit active again, end to end, versus an identical unit restarted by systemd
     itself (Restart=always, RestartSec=0), measured the same way in the same run (ratio <= 1)
 (c) 1,000 watched units, nothing changing: agent CPU (< 1% of a core) and RSS (< 100 MB)
+(d) could a client hear of a death sooner than the signal? A pidfd on the main process turns
+    readable at its exit; Gets of ActiveState sent from then on show the death only once
+    systemd has handled it, which is when it sends the signal too
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from dbus_fast import Message
 from dbus_fast.aio import MessageBus
 
 from agent.adapters.systemd.bus import SystemdAdapter
-from agent.adapters.systemd.protocol import MANAGER, MANAGER_PATH, PROPERTIES, SYSTEMD, unit_path
+from agent.adapters.systemd.protocol import (
+    MANAGER,
+    MANAGER_PATH,
+    PROPERTIES,
+    SYSTEMD,
+    UNIT,
+    unit_path,
+)
 from agent.app import Daemon, Options
 from agent.core.actions import TrackedAction, UnitJob
 from agent.core.inputs import Input, UnitObserved
@@ -41,6 +51,8 @@ IDLE_UNITS = int(os.environ.get("SETPOINT_BENCH_UNITS", "1000"))
 SLEEPER = "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sleep infinity\n"
 FLOOR = SLEEPER + "Restart=always\nRestartSec=0\n"
 AGENT_UNIT, FLOOR_UNIT = "sp-bench-agent.service", "sp-bench-floor.service"
+LOOK_UNIT = "sp-bench-look.service"
+LOOKS = 40
 GOALS = f"""apiVersion: setpoint/v1
 services:
   agent-managed:
@@ -232,6 +244,68 @@ def timestamps(mgr: SystemdUser, unit: str) -> tuple[float, float]:
     return began, active
 
 
+async def early_look(mgr: SystemdUser) -> dict[str, float]:
+    """Medians, in ms from a kill -9, of: the main process's pidfd turning readable, the reply
+    of the first Get (ActiveState, sent in a loop from that moment) that shows the death, and
+    the PropertiesChanged signal that shows it."""
+    bus = await MessageBus(bus_address=mgr.bus_address).connect()
+    path = unit_path(LOOK_UNIT)
+    rule = f"type='signal',path='{path}',interface='{PROPERTIES}'"
+    await bus.call(Message(destination=SYSTEMD, path=MANAGER_PATH, interface=MANAGER,
+                           member="Subscribe"))  # fmt: skip
+    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                           interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                           body=[rule]))  # fmt: skip
+    get = Message(destination=SYSTEMD, path=path, interface=PROPERTIES, member="Get",
+                  signature="ss", body=[UNIT, "ActiveState"])  # fmt: skip
+    times: dict[str, list[float]] = {"pidfd": [], "get": [], "signal": []}
+    at: dict[str, float] = {}
+    all_seen = asyncio.Event()
+
+    def mark(name: str) -> None:
+        at.setdefault(name, time.perf_counter())
+        if len(at) == len(times):
+            all_seen.set()
+
+    def on_signal(msg: Message) -> None:
+        changed = msg.body[1] if msg.member == "PropertiesChanged" and msg.path == path else {}
+        if "ActiveState" in changed and changed["ActiveState"].value != "active":
+            mark("signal")
+
+    async def look() -> None:
+        while (await bus.call(get)).body[0].value == "active":
+            pass
+        mark("get")
+
+    bus.add_message_handler(on_signal)
+    loop = asyncio.get_running_loop()
+    looks: list[asyncio.Task[None]] = []
+    try:
+        for _ in range(LOOKS):
+            await asyncio.to_thread(mgr.systemctl, "start", LOOK_UNIT, check=True)
+            pid = await asyncio.to_thread(mgr.main_pid, LOOK_UNIT)
+            await asyncio.sleep(0.05)
+            at.clear()
+            all_seen.clear()
+            fd = os.pidfd_open(pid)
+
+            def readable(fd: int = fd) -> None:
+                loop.remove_reader(fd)
+                mark("pidfd")
+                looks.append(asyncio.ensure_future(look()))
+
+            loop.add_reader(fd, readable)
+            killed = time.perf_counter()
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.wait_for(all_seen.wait(), 10)
+            os.close(fd)
+            for name, values in times.items():
+                values.append((at[name] - killed) * 1000)
+    finally:
+        bus.disconnect()
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def idle(mgr: SystemdUser, work: Path) -> dict[str, float]:
     services = "".join(f"  s{i}: {{unit: sp-idle-{i}.service}}\n" for i in range(IDLE_UNITS))
     goals = work / "idle.yaml"
@@ -310,11 +384,18 @@ def main() -> None:
     try:
         mgr.write_unit(AGENT_UNIT, SLEEPER)
         mgr.write_unit(FLOOR_UNIT, FLOOR)
+        mgr.write_unit(LOOK_UNIT, SLEEPER)
         mgr.daemon_reload()
         mgr.systemctl("start", FLOOR_UNIT, check=True)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "reaction").mkdir()
             report(asyncio.run(reaction(mgr, Path(tmp) / "reaction")))
+            e = asyncio.run(early_look(mgr))
+            print(
+                f"  a look sooner than the signal, {LOOKS} kills (medians from the kill): the "
+                f"pidfd turned readable at {e['pidfd']:.1f} ms; Gets sent from then on showed "
+                f"the death at {e['get']:.1f} ms, the signal came at {e['signal']:.1f} ms"
+            )
             i = idle(mgr, Path(tmp))
             print(
                 f"idle with {i['units']:.0f} watched units: CPU {i['cpu_percent']:.2f}% of a core "
