@@ -134,7 +134,8 @@ async def reaction(mgr: SystemdUser, work: Path) -> dict[str, float]:
     daemon.request_stop()
     await task
     return {**figures(probe, kills[AGENT_UNIT], kills[FLOOR_UNIT]),
-            "idle_call_ms": await idle_call_ms(mgr.bus_address)}  # fmt: skip
+            "idle_call_ms": await idle_call_ms(mgr.bus_address),
+            "idle_start_ms": await idle_start_ms(mgr)}  # fmt: skip
 
 
 async def idle_call_ms(address: str, calls: int = 200) -> float:
@@ -149,6 +150,27 @@ async def idle_call_ms(address: str, calls: int = 200) -> float:
             began = time.perf_counter()
             await bus.call(get)
             took.append(time.perf_counter() - began)
+    finally:
+        bus.disconnect()
+    return statistics.median(took) * 1000
+
+
+async def idle_start_ms(mgr: SystemdUser, starts: int = 40) -> float:
+    """Median time from sending StartUnit for a stopped unit to its start job beginning
+    (ConditionTimestamp), systemd otherwise idle: the job machinery's own cost."""
+    bus = await MessageBus(bus_address=mgr.bus_address).connect()
+    start = Message(destination=SYSTEMD, path=MANAGER_PATH, interface=MANAGER,
+                    member="StartUnit", signature="ss", body=[LOOK_UNIT, "replace"])  # fmt: skip
+    took = []
+    try:
+        for _ in range(starts):
+            await asyncio.to_thread(mgr.systemctl, "stop", LOOK_UNIT, check=True)
+            await asyncio.sleep(0.05)
+            sent = time.time()
+            await bus.call(start)
+            await wait_active(mgr, LOOK_UNIT)
+            began, _ = await asyncio.to_thread(timestamps, mgr, LOOK_UNIT)
+            took.append(began - sent)
     finally:
         bus.disconnect()
     return statistics.median(took) * 1000
@@ -245,9 +267,10 @@ def timestamps(mgr: SystemdUser, unit: str) -> tuple[float, float]:
 
 
 async def early_look(mgr: SystemdUser) -> dict[str, float]:
-    """Medians, in ms from a kill -9, of: the main process's pidfd turning readable, the reply
-    of the first Get (ActiveState, sent in a loop from that moment) that shows the death, and
-    the PropertiesChanged signal that shows it."""
+    """Medians, in ms from a kill -9. Half the kills: the main process's pidfd turning
+    readable, the reply of the first Get (ActiveState, sent in a loop from that moment) that
+    shows the death, the PropertiesChanged signal that shows it. The other half: the signal,
+    and the reply to one small Get sent the moment it arrives (is systemd still busy?)."""
     bus = await MessageBus(bus_address=mgr.bus_address).connect()
     path = unit_path(LOOK_UNIT)
     rule = f"type='signal',path='{path}',interface='{PROPERTIES}'"
@@ -256,51 +279,75 @@ async def early_look(mgr: SystemdUser) -> dict[str, float]:
     await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
                            interface="org.freedesktop.DBus", member="AddMatch", signature="s",
                            body=[rule]))  # fmt: skip
-    get = Message(destination=SYSTEMD, path=path, interface=PROPERTIES, member="Get",
-                  signature="ss", body=[UNIT, "ActiveState"])  # fmt: skip
-    times: dict[str, list[float]] = {"pidfd": [], "get": [], "signal": []}
+    state = Message(destination=SYSTEMD, path=path, interface=PROPERTIES, member="Get",
+                    signature="ss", body=[UNIT, "ActiveState"])  # fmt: skip
+    version = Message(destination=SYSTEMD, path=MANAGER_PATH, interface=PROPERTIES, member="Get",
+                      signature="ss", body=[MANAGER, "Version"])  # fmt: skip
+    times: dict[str, list[float]] = {
+        name: [] for name in ("pidfd", "get", "signal", "answer", "answered")
+    }
     at: dict[str, float] = {}
+    wanted: set[str] = set()
     all_seen = asyncio.Event()
+    tasks: set[asyncio.Task[None]] = set()
 
     def mark(name: str) -> None:
         at.setdefault(name, time.perf_counter())
-        if len(at) == len(times):
+        if wanted <= at.keys():
             all_seen.set()
+
+    def spawn(work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def look() -> None:
+        while (await bus.call(state)).body[0].value == "active":
+            pass
+        mark("get")
+
+    async def answer() -> None:
+        await bus.call(version)
+        mark("answer")
 
     def on_signal(msg: Message) -> None:
         changed = msg.body[1] if msg.member == "PropertiesChanged" and msg.path == path else {}
         if "ActiveState" in changed and changed["ActiveState"].value != "active":
+            if "signal" in at:
+                return
             mark("signal")
-
-    async def look() -> None:
-        while (await bus.call(get)).body[0].value == "active":
-            pass
-        mark("get")
+            if "answer" in wanted:
+                spawn(answer())
 
     bus.add_message_handler(on_signal)
     loop = asyncio.get_running_loop()
-    looks: list[asyncio.Task[None]] = []
     try:
-        for _ in range(LOOKS):
+        for i in range(LOOKS):
             await asyncio.to_thread(mgr.systemctl, "start", LOOK_UNIT, check=True)
             pid = await asyncio.to_thread(mgr.main_pid, LOOK_UNIT)
             await asyncio.sleep(0.05)
             at.clear()
             all_seen.clear()
+            wanted.clear()
+            wanted.update(("pidfd", "get", "signal") if i % 2 == 0 else ("signal", "answer"))
             fd = os.pidfd_open(pid)
 
             def readable(fd: int = fd) -> None:
                 loop.remove_reader(fd)
                 mark("pidfd")
-                looks.append(asyncio.ensure_future(look()))
+                if "get" in wanted:
+                    spawn(look())
 
             loop.add_reader(fd, readable)
             killed = time.perf_counter()
             os.kill(pid, signal.SIGKILL)
             await asyncio.wait_for(all_seen.wait(), 10)
+            loop.remove_reader(fd)
             os.close(fd)
-            for name, values in times.items():
-                values.append((at[name] - killed) * 1000)
+            for name in wanted:
+                times[name].append((at[name] - killed) * 1000)
+            if "answer" in wanted:
+                times["answered"].append((at["answer"] - at["signal"]) * 1000)
     finally:
         bus.disconnect()
     return {name: statistics.median(values) for name, values in times.items()}
@@ -374,8 +421,9 @@ def report(r: dict[str, float]) -> None:
         f"{r['agent_job_ms'] - r['signal_ms'] - r['reaction_p50_ms']:.1f} ms (D-Bus call)"
     )
     print(
-        f"  an idle systemd answers a call over the same bus in {r['idle_call_ms']:.2f} ms "
-        f"(median): the rest of the D-Bus call's time is systemd still busy with the death"
+        f"  an idle systemd answers a call over the same bus in {r['idle_call_ms']:.2f} ms and "
+        f"begins the job of a StartUnit {r['idle_start_ms']:.1f} ms after it is sent (medians): "
+        f"the job machinery's own cost, which any D-Bus client pays after the signal"
     )
 
 
@@ -394,7 +442,8 @@ def main() -> None:
             print(
                 f"  a look sooner than the signal, {LOOKS} kills (medians from the kill): the "
                 f"pidfd turned readable at {e['pidfd']:.1f} ms; Gets sent from then on showed "
-                f"the death at {e['get']:.1f} ms, the signal came at {e['signal']:.1f} ms"
+                f"the death at {e['get']:.1f} ms, the signal came at {e['signal']:.1f} ms; a "
+                f"call sent the moment the signal arrives is answered {e['answered']:.2f} ms later"
             )
             i = idle(mgr, Path(tmp))
             print(
