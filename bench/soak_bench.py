@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from agent.app import Daemon, Options
 from agent.interfaces import logs
 from bench.flapping_bench import goals, prepare
 from bench.peers.checks_bench import target_server
+from tests.agentproc import ROOT
 
 SOAK = float(os.environ.get("SETPOINT_BENCH_SOAK", "60"))
 WARMUP = min(20.0, SOAK / 3)
@@ -59,6 +62,12 @@ async def soak(work: Path) -> list[tuple[float, float, float]]:
 
 
 def main() -> None:
+    """In a fresh interpreter, so that RSS is the agent's and not what earlier benches left in
+    this one (`make bench` runs them all in one process)."""
+    subprocess.run([sys.executable, "-m", "bench.soak_bench"], check=True, cwd=ROOT)
+
+
+def run_here() -> None:
     with open(os.devnull, "w") as null:
         logs.setup("info", "text", stream=null)  # as the agent logs: formatted, not shown
         measure()
@@ -81,4 +90,4 @@ def measure() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_here()
