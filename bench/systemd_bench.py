@@ -2,7 +2,8 @@
 
 (a) D-Bus signal received -> restart job issued inside the agent (target p99 <= 20 ms)
 (b) kill -9 -> unit active again, end to end, versus an identical unit restarted by systemd
-    itself (Restart=always, RestartSec=0), measured the same way in the same run (ratio <= 1)
+    itself (Restart=always, RestartSec=0), measured the same way in the same run (ratio <= 1),
+    and versus one restarted by the least a D-Bus client can do (bench/dbus_restarter.py)
 (c) 1,000 watched units, nothing changing: agent CPU (< 1% of a core) and RSS (< 100 MB)
 (d) could a client hear of a death sooner than the signal? A pidfd on the main process turns
     readable at its exit; Gets of ActiveState sent from then on show the death only once
@@ -17,9 +18,10 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ from agent.core.state import State
 from agent.journal.store import Entry
 from agent.runtime.lanes import RetryPolicy
 from agent.runtime.loop import Runtime
-from tests.agentproc import AgentProcess, status, wait_until
+from tests.agentproc import ROOT, AgentProcess, status, wait_until
 from tests.sysmgr import SystemdUser
 
 KILLS = int(os.environ.get("SETPOINT_BENCH_KILLS", "100"))
@@ -51,6 +53,7 @@ IDLE_UNITS = int(os.environ.get("SETPOINT_BENCH_UNITS", "1000"))
 SLEEPER = "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sleep infinity\n"
 FLOOR = SLEEPER + "Restart=always\nRestartSec=0\n"
 AGENT_UNIT, FLOOR_UNIT = "sp-bench-agent.service", "sp-bench-floor.service"
+CLIENT_UNIT = "sp-bench-client.service"
 LOOK_UNIT = "sp-bench-look.service"
 LOOKS = 40
 GOALS = f"""apiVersion: setpoint/v1
@@ -59,6 +62,7 @@ services:
     unit: {AGENT_UNIT}
     restart: {{backoff: 0s, limit: 10000, window: 1s}}
   systemd-managed: {{unit: {FLOOR_UNIT}, desired: unmanaged}}
+  client-managed: {{unit: {CLIENT_UNIT}, desired: unmanaged}}
 """
 
 
@@ -109,8 +113,26 @@ class Probe:
 
 
 async def reaction(mgr: SystemdUser, work: Path) -> dict[str, float]:
-    """Kill both units in turn KILLS times (the agent's jobs start while their batch commits:
-    unit jobs need no write-ahead, see agent/runtime/loop.py)."""
+    """Kill the three units in turn KILLS times (the agent's jobs start while their batch
+    commits: unit jobs need no write-ahead, see agent/runtime/loop.py)."""
+    with restarter(mgr, CLIENT_UNIT):
+        return await _reaction(mgr, work)
+
+
+@contextlib.contextmanager
+def restarter(mgr: SystemdUser, unit: str) -> Iterator[None]:
+    """bench/dbus_restarter.py for `unit`, in its own process, ready."""
+    argv = [sys.executable, "-m", "bench.dbus_restarter", unit]
+    proc = subprocess.Popen(argv, env=mgr.env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def _reaction(mgr: SystemdUser, work: Path) -> dict[str, float]:
     (work / "goals.yaml").write_text(GOALS)
     os.environ["DBUS_SESSION_BUS_ADDRESS"] = mgr.bus_address
     opts = Options(goals=(work / "goals.yaml",), state_dir=work / "state", bus="user", http_port=0)
@@ -122,18 +144,19 @@ async def reaction(mgr: SystemdUser, work: Path) -> dict[str, float]:
             await task
         await asyncio.sleep(0.01)
     wire(daemon.runtime, daemon.systemd, probe)
-    kills: dict[str, list[Kill]] = {AGENT_UNIT: [], FLOOR_UNIT: []}
+    kills: dict[str, list[Kill]] = {AGENT_UNIT: [], FLOOR_UNIT: [], CLIENT_UNIT: []}
     for unit in kills:
         await wait_active(mgr, unit)
     probe.reaction.clear()  # the agent's first start of its unit is no reaction to a kill
     probe.commits.clear()
+    units = list(kills)
     for i in range(KILLS):
-        order = list(kills) if i % 2 == 0 else list(reversed(kills))  # no order bias
-        for unit in order:
+        for unit in units[i % 3 :] + units[: i % 3]:  # each unit first, second, third in turn
             kills[unit].append(await kill_and_time(mgr, probe, unit))
     daemon.request_stop()
     await task
     return {**figures(probe, kills[AGENT_UNIT], kills[FLOOR_UNIT]),
+            **client_figures(kills[AGENT_UNIT], kills[CLIENT_UNIT]),
             "idle_call_ms": await idle_call_ms(mgr.bus_address),
             "idle_start_ms": await idle_start_ms(mgr)}  # fmt: skip
 
@@ -207,6 +230,18 @@ def figures(probe: Probe, agent: list[Kill], floor: list[Kill]) -> dict[str, flo
         "agent_job_ms": median_ms(agent, "job_began"),
         "agent_spawn_ms": median_ms(agent, "spawned"),
         "floor_spawn_ms": median_ms(floor, "spawned"),
+    }
+
+
+def client_figures(agent: list[Kill], client: list[Kill]) -> dict[str, float]:
+    """The agent beside the least a D-Bus client can do."""
+    return {
+        "client_median_ms": median_ms(client, "total"),
+        "client_job_ms": median_ms(client, "job_began"),
+        "client_paired_ms": statistics.median(
+            a.total - c.total for a, c in zip(agent, client, strict=True)
+        )
+        * 1000,
     }
 
 
@@ -408,6 +443,13 @@ def report(r: dict[str, float]) -> None:
         f"{r['paired_ms']:+.1f} ms"
     )
     print(
+        f"  beside the least a D-Bus client can do (StartUnit the moment the death signal "
+        f"arrives, bench/dbus_restarter.py): median {r['client_median_ms']:.1f} ms, its job "
+        f"began at {r['client_job_ms']:.1f} ms; the agent over it "
+        f"{r['agent_median_ms'] - r['client_median_ms']:+.1f} ms (paired "
+        f"{r['client_paired_ms']:+.1f} ms)"
+    )
+    print(
         f"  medians from the kill: systemd began its own restart job at "
         f"{r['floor_job_ms']:.1f} ms; the unit's death signal reached the agent at "
         f"{r['signal_ms']:.1f} ms and the agent's start job began at "
@@ -433,8 +475,9 @@ def main() -> None:
         mgr.write_unit(AGENT_UNIT, SLEEPER)
         mgr.write_unit(FLOOR_UNIT, FLOOR)
         mgr.write_unit(LOOK_UNIT, SLEEPER)
+        mgr.write_unit(CLIENT_UNIT, SLEEPER)
         mgr.daemon_reload()
-        mgr.systemctl("start", FLOOR_UNIT, check=True)
+        mgr.systemctl("start", FLOOR_UNIT, CLIENT_UNIT, check=True)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "reaction").mkdir()
             report(asyncio.run(reaction(mgr, Path(tmp) / "reaction")))
