@@ -26,6 +26,16 @@ from agent.adapters.systemd.protocol import (
 DOWN = ("failed", "inactive")
 
 
+async def subscribe(bus: MessageBus, path: str) -> None:
+    """Have systemd send `path`'s PropertiesChanged signals to `bus`."""
+    rule = f"type='signal',path='{path}',interface='{PROPERTIES}'"
+    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                           interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                           body=[rule]))  # fmt: skip
+    await bus.call(Message(destination=SYSTEMD, path=MANAGER_PATH, interface=MANAGER,
+                           member="Subscribe"))  # fmt: skip
+
+
 async def restart_on_death(unit: str) -> None:
     """Serve until the bus goes away."""
     bus = await MessageBus(bus_address=os.environ["DBUS_SESSION_BUS_ADDRESS"]).connect()
@@ -46,12 +56,7 @@ async def restart_on_death(unit: str) -> None:
             call.add_done_callback(calls.discard)
 
     bus.add_message_handler(on_message)
-    rule = f"type='signal',path='{path}',interface='{PROPERTIES}'"
-    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                           interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-                           body=[rule]))  # fmt: skip
-    await bus.call(Message(destination=SYSTEMD, path=MANAGER_PATH, interface=MANAGER,
-                           member="Subscribe"))  # fmt: skip
+    await subscribe(bus, path)
     print("ready", flush=True)
     await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 

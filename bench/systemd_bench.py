@@ -45,6 +45,7 @@ from agent.core.state import State
 from agent.journal.store import Entry
 from agent.runtime.lanes import RetryPolicy
 from agent.runtime.loop import Runtime
+from bench.dbus_restarter import subscribe
 from tests.agentproc import ROOT, AgentProcess, status, wait_until
 from tests.sysmgr import SystemdUser
 
@@ -308,12 +309,7 @@ async def early_look(mgr: SystemdUser) -> dict[str, float]:
     and the reply to one small Get sent the moment it arrives (is systemd still busy?)."""
     bus = await MessageBus(bus_address=mgr.bus_address).connect()
     path = unit_path(LOOK_UNIT)
-    rule = f"type='signal',path='{path}',interface='{PROPERTIES}'"
-    await bus.call(Message(destination=SYSTEMD, path=MANAGER_PATH, interface=MANAGER,
-                           member="Subscribe"))  # fmt: skip
-    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                           interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-                           body=[rule]))  # fmt: skip
+    await subscribe(bus, path)
     state = Message(destination=SYSTEMD, path=path, interface=PROPERTIES, member="Get",
                     signature="ss", body=[UNIT, "ActiveState"])  # fmt: skip
     version = Message(destination=SYSTEMD, path=MANAGER_PATH, interface=PROPERTIES, member="Get",
