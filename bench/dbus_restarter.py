@@ -26,6 +26,18 @@ from agent.adapters.systemd.protocol import (
 DOWN = ("failed", "inactive")
 
 
+def start_unit(unit: str) -> Message:
+    """A StartUnit call for `unit` (mode "replace"), as the agent sends it."""
+    return Message(destination=SYSTEMD, path=MANAGER_PATH, interface=MANAGER,
+                   member="StartUnit", signature="ss", body=[unit, "replace"])  # fmt: skip
+
+
+def get_property(path: str, interface: str, name: str) -> Message:
+    """A Properties.Get call on one of systemd's objects."""
+    return Message(destination=SYSTEMD, path=path, interface=PROPERTIES, member="Get",
+                   signature="ss", body=[interface, name])  # fmt: skip
+
+
 async def subscribe(bus: MessageBus, path: str) -> None:
     """Have systemd send `path`'s PropertiesChanged signals to `bus`."""
     rule = f"type='signal',path='{path}',interface='{PROPERTIES}'"
@@ -40,8 +52,7 @@ async def restart_on_death(unit: str) -> None:
     """Serve until the bus goes away."""
     bus = await MessageBus(bus_address=os.environ["DBUS_SESSION_BUS_ADDRESS"]).connect()
     path = unit_path(unit)
-    start = Message(destination=SYSTEMD, path=MANAGER_PATH, interface=MANAGER,
-                    member="StartUnit", signature="ss", body=[unit, "replace"])  # fmt: skip
+    start = start_unit(unit)
     calls: set[asyncio.Task[Message]] = set()
 
     def on_message(msg: Message) -> None:

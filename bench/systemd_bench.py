@@ -33,8 +33,6 @@ from agent.adapters.systemd.bus import SystemdAdapter
 from agent.adapters.systemd.protocol import (
     MANAGER,
     MANAGER_PATH,
-    PROPERTIES,
-    SYSTEMD,
     UNIT,
     unit_path,
 )
@@ -45,7 +43,7 @@ from agent.core.state import State
 from agent.journal.store import Entry
 from agent.runtime.lanes import RetryPolicy
 from agent.runtime.loop import Runtime
-from bench.dbus_restarter import subscribe
+from bench.dbus_restarter import get_property, start_unit, subscribe
 from tests.agentproc import ROOT, AgentProcess, status, wait_until
 from tests.sysmgr import SystemdUser
 
@@ -166,8 +164,7 @@ async def idle_call_ms(address: str, calls: int = 200) -> float:
     """Median round trip of a small call to an idle systemd (Get Manager.Version) over the
     same bus: what the agent's StartUnit costs when systemd is not busy."""
     bus = await MessageBus(bus_address=address).connect()
-    get = Message(destination=SYSTEMD, path=MANAGER_PATH, interface=PROPERTIES, member="Get",
-                  signature="ss", body=[MANAGER, "Version"])  # fmt: skip
+    get = get_property(MANAGER_PATH, MANAGER, "Version")
     took = []
     try:
         for _ in range(calls):
@@ -183,8 +180,7 @@ async def idle_start_ms(mgr: SystemdUser, starts: int = 40) -> float:
     """Median time from sending StartUnit for a stopped unit to its start job beginning
     (ConditionTimestamp), systemd otherwise idle: the job machinery's own cost."""
     bus = await MessageBus(bus_address=mgr.bus_address).connect()
-    start = Message(destination=SYSTEMD, path=MANAGER_PATH, interface=MANAGER,
-                    member="StartUnit", signature="ss", body=[LOOK_UNIT, "replace"])  # fmt: skip
+    start = start_unit(LOOK_UNIT)
     took = []
     try:
         for _ in range(starts):
@@ -222,8 +218,7 @@ def figures(probe: Probe, agent: list[Kill], floor: list[Kill]) -> dict[str, flo
         "agent_median_ms": median_ms(agent, "total"),
         "floor_median_ms": median_ms(floor, "total"),
         "ratio": median_ms(agent, "total") / median_ms(floor, "total"),
-        "paired_ms": statistics.median(a.total - f.total for a, f in zip(agent, floor, strict=True))
-        * 1000,
+        "paired_ms": paired_ms(agent, floor),
         "samples": len(probe.reaction),
         "commit_p50_ms": pct(probe.commits, 0.5) * 1000,
         "floor_job_ms": median_ms(floor, "job_began"),
@@ -234,15 +229,18 @@ def figures(probe: Probe, agent: list[Kill], floor: list[Kill]) -> dict[str, flo
     }
 
 
+def paired_ms(agent: list[Kill], other: list[Kill]) -> float:
+    """Median of the agent's totals minus the other's, kill by kill (steadier than the
+    difference of two medians)."""
+    return statistics.median(a.total - o.total for a, o in zip(agent, other, strict=True)) * 1000
+
+
 def client_figures(agent: list[Kill], client: list[Kill]) -> dict[str, float]:
     """The agent beside the least a D-Bus client can do."""
     return {
         "client_median_ms": median_ms(client, "total"),
         "client_job_ms": median_ms(client, "job_began"),
-        "client_paired_ms": statistics.median(
-            a.total - c.total for a, c in zip(agent, client, strict=True)
-        )
-        * 1000,
+        "client_paired_ms": paired_ms(agent, client),
     }
 
 
@@ -310,10 +308,8 @@ async def early_look(mgr: SystemdUser) -> dict[str, float]:
     bus = await MessageBus(bus_address=mgr.bus_address).connect()
     path = unit_path(LOOK_UNIT)
     await subscribe(bus, path)
-    state = Message(destination=SYSTEMD, path=path, interface=PROPERTIES, member="Get",
-                    signature="ss", body=[UNIT, "ActiveState"])  # fmt: skip
-    version = Message(destination=SYSTEMD, path=MANAGER_PATH, interface=PROPERTIES, member="Get",
-                      signature="ss", body=[MANAGER, "Version"])  # fmt: skip
+    state = get_property(path, UNIT, "ActiveState")
+    version = get_property(MANAGER_PATH, MANAGER, "Version")
     times: dict[str, list[float]] = {
         name: [] for name in ("pidfd", "get", "signal", "answer", "answered")
     }

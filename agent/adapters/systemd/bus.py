@@ -263,10 +263,13 @@ class SystemdAdapter:
             reply = await self._call(bus, path, PROPERTIES, "Get", "ss", [interface, name])
             return reply.body[0].value
 
+        async def current() -> str:
+            return bytes(await get(UNIT, "InvocationID")).hex()
+
         try:
-            invocation = bytes(await get(UNIT, "InvocationID")).hex()
+            invocation = await current()
             pid = int(await get(SERVICE, "ExecMainPID"))
-            same = bytes(await get(UNIT, "InvocationID")).hex() == invocation
+            same = await current() == invocation
         except (TransientError, ReplyError, TypeError, ValueError) as err:
             log.debug("systemd: no main process for %s: %s", unit, err)
             return "", 0
